@@ -1,0 +1,54 @@
+"""What every chapter does first: reproducibility settings and a banner naming the profile."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+from nfcourse.profiles import Profile, active_profile
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup(seed: int = 0, threads: int = 2) -> Profile:
+    """Seed everything, fix the CPU thread count and plot style, return the active profile.
+
+    Two threads is what the CI machine has; a fixed count keeps CPU results reproducible.
+    """
+    seed_everything(seed)
+    torch.set_num_threads(threads)
+    os.environ.setdefault("TQDM_DISABLE", "1" if os.environ.get("CI") else "0")
+    import matplotlib
+
+    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (6, 4),
+                                "axes.grid": True, "grid.alpha": 0.3})
+    return active_profile()
+
+
+def banner(profile: Profile) -> str:
+    """One line, for the top of a page: which profile, device and versions produced it."""
+    import nfcourse
+
+    device = (torch.cuda.get_device_name(0) if profile.device.type == "cuda"
+              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    date = _dt.date.today().isoformat()
+    return (f"Executed with profile **{profile.name}** ({profile.reason}) on {device}, "
+            f"{date}; nfcourse {nfcourse.__version__}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}.")
+
+
+def show_banner(profile: Profile) -> None:
+    """Display :func:`banner` as a note in the notebook (Markdown output)."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"> **Profile.** {banner(profile)}"))

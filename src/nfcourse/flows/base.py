@@ -1,0 +1,133 @@
+"""The one flow protocol of the book, and composition.
+
+Direction convention (used everywhere in nfcourse):
+
+* ``forward(z) -> (x, logdet)`` maps latent ``z`` to data ``x``; ``logdet = log|det dx/dz|``.
+* ``inverse(x) -> (z, logdet)`` maps data to latent; ``logdet = log|det dz/dx|``.
+
+``logdet`` always has shape ``[B]`` (one value per sample) and is always returned, so a density
+is one line: ``log p(x) = log p_Z(z) + logdet_inverse``. Subclasses implement ``_forward`` and
+``_inverse``; the public ``forward``/``inverse`` add input validation at the call boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from nfcourse.validation import check_tensor, module_dtype_device
+
+EventShape = tuple[int, ...]
+
+
+def as_event_shape(event_shape: int | Sequence[int] | None) -> EventShape | None:
+    """Normalise ``4`` or ``[4]`` to ``(4,)``; ``None`` means "any shape"."""
+    if event_shape is None:
+        return None
+    if isinstance(event_shape, int):
+        return (event_shape,)
+    return tuple(int(s) for s in event_shape)
+
+
+def sum_except_batch(t: Tensor) -> Tensor:
+    """Sum over every dimension but the first: ``[B, ...] -> [B]``."""
+    return t.reshape(t.shape[0], -1).sum(dim=1)
+
+
+class Flow(nn.Module):
+    """An invertible map between latent space and data space, with its log-determinants.
+
+    Args:
+        event_shape: shape of one sample (``(D,)`` for vectors, ``(C, H, W)`` for images), used
+            to validate inputs; ``None`` skips the shape check.
+    """
+
+    def __init__(self, event_shape: int | Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.event_shape: EventShape | None = as_event_shape(event_shape)
+
+    # Public API -------------------------------------------------------------------------
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Latent to data. ``z: [B, *event]`` -> ``(x: [B, *event], logdet: [B])``."""
+        return self._forward(self._validate(z, "forward", "z"))
+
+    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Data to latent. ``x: [B, *event]`` -> ``(z: [B, *event], logdet: [B])``."""
+        return self._inverse(self._validate(x, "inverse", "x"))
+
+    # To implement -----------------------------------------------------------------------
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(
+            f"{type(self).__name__} has no inverse; see its docstring for why.")
+
+    def _validate(self, t: Tensor, direction: str, name: str) -> Tensor:
+        dtype, device = module_dtype_device(self)
+        return check_tensor(t, self.event_shape, name=f"{type(self).__name__}.{direction}({name})",
+                            dtype=dtype, device=device)
+
+
+class Compose(Flow):
+    """Apply flows one after another in the forward direction; log-dets add.
+
+    ``Compose(f1, f2, f3).forward(z)`` computes ``f3(f2(f1(z)))``; the inverse runs the layers
+    in reverse order. Layers inside are called without re-validating their input.
+    """
+
+    def __init__(self, *flows: Flow, event_shape: int | Sequence[int] | None = None) -> None:
+        if not flows:
+            raise ValueError("Compose needs at least one flow.")
+        for i, f in enumerate(flows):
+            if not isinstance(f, Flow):
+                raise TypeError(f"Compose: argument {i} is a {type(f).__name__}, not a Flow.")
+        shape = as_event_shape(event_shape)
+        if shape is None:
+            shape = next((f.event_shape for f in flows if f.event_shape is not None), None)
+        super().__init__(shape)
+        self.flows = nn.ModuleList(flows)
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        total = z.new_zeros(z.shape[0])
+        for f in self.flows:
+            z, ld = f._forward(z)
+            total = total + ld
+        return z, total
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for f in reversed(self.flows):
+            x, ld = f._inverse(x)
+            total = total + ld
+        return x, total
+
+    def trajectory(self, z: Tensor) -> list[Tensor]:
+        """Points after each layer in the forward direction: ``[z, f1(z), f2(f1(z)), ...]``."""
+        points = [self._validate(z, "trajectory", "z")]
+        with torch.no_grad():
+            for f in self.flows:
+                points.append(f._forward(points[-1])[0])
+        return points
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def __getitem__(self, i: int) -> Flow:
+        return self.flows[i]  # type: ignore[return-value]
+
+
+class Inverse(Flow):
+    """Swap the two directions of a flow: ``Inverse(f).forward == f.inverse``."""
+
+    def __init__(self, flow: Flow) -> None:
+        super().__init__(flow.event_shape)
+        self.flow = flow
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow._inverse(z)
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.flow._forward(x)

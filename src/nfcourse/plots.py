@@ -1,0 +1,79 @@
+"""Plot helpers shared by the chapters. Each returns the matplotlib ``Axes`` it drew on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from torch import Tensor
+
+# The lecture's heat-map window for two moons: x in [-2, 3], y in [-1.5, 2].
+MOONS_BOX: tuple[float, float, float, float] = (-2.0, 3.0, -1.5, 2.0)
+
+
+def grid_2d(box: tuple[float, float, float, float] = MOONS_BOX, n: int = 100,
+            dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor]:
+    """An ``n x n`` grid over ``box = (xmin, xmax, ymin, ymax)``.
+
+    Returns ``(xs [n], ys [n], points [n*n, 2])``; ``points`` is row-major in ``y`` then ``x``,
+    so ``values.reshape(n, n)`` lines up with ``imshow``/``pcolormesh`` on ``(xs, ys)``.
+    """
+    xs = torch.linspace(box[0], box[1], n, dtype=dtype)
+    ys = torch.linspace(box[2], box[3], n, dtype=dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return xs, ys, torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
+
+
+@torch.no_grad()
+def log_density_grid(log_prob: Callable[[Tensor], Tensor],
+                     box: tuple[float, float, float, float] = MOONS_BOX, n: int = 100,
+                     device: torch.device | str = "cpu", batch: int = 4096
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate ``log_prob`` (``[B, 2] -> [B]``, full normalising constants) on a grid.
+
+    Returns ``(xs, ys, logp [n, n])`` as NumPy arrays.
+    """
+    xs, ys, pts = grid_2d(box, n)
+    out = torch.cat([log_prob(chunk.to(device)).cpu() for chunk in pts.split(batch)])
+    return xs.numpy(), ys.numpy(), out.reshape(n, n).numpy()
+
+
+def plot_density(log_prob: Callable[[Tensor], Tensor], ax: Axes | None = None,
+                 box: tuple[float, float, float, float] = MOONS_BOX, n: int = 100,
+                 log_scale: bool = False, title: str | None = None,
+                 device: torch.device | str = "cpu", cmap: str = "viridis") -> Axes:
+    """Heat map of ``p(x)`` (or ``log p(x)`` with ``log_scale=True``) over ``box``."""
+    ax = ax or plt.gca()
+    xs, ys, logp = log_density_grid(log_prob, box, n, device)
+    values = logp if log_scale else np.exp(logp)
+    mesh = ax.pcolormesh(xs, ys, values, shading="auto", cmap=cmap)
+    ax.figure.colorbar(mesh, ax=ax, label="log p(x)" if log_scale else "p(x)")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_samples(points: Tensor | np.ndarray, ax: Axes | None = None, label: str | None = None,
+                 box: tuple[float, float, float, float] | None = MOONS_BOX, s: float = 2.0,
+                 alpha: float = 0.5, color: str | None = None, title: str | None = None) -> Axes:
+    """Scatter plot of 2-D points ``[N, 2]``."""
+    ax = ax or plt.gca()
+    p = points.detach().cpu().numpy() if isinstance(points, Tensor) else np.asarray(points)
+    ax.scatter(p[:, 0], p[:, 1], s=s, alpha=alpha, label=label, color=color)
+    if box is not None:
+        ax.set_xlim(box[0], box[1])
+        ax.set_ylim(box[2], box[3])
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+    if label:
+        ax.legend(loc="upper right", markerscale=4)
+    return ax
