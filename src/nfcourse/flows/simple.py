@@ -114,8 +114,8 @@ class Polar(Flow):
 class Planar(Flow):
     """Planar flow (Rezende & Mohamed, 2015): ``x = z + u_hat * tanh(w . z + b)``.
 
-    ``u`` is re-parameterised to ``u_hat`` so that ``w . u_hat > -1``, which makes the map
-    invertible; then ``log|det| = log(1 + (1 - tanh^2(w . z + b)) w . u_hat)``.
+    ``u`` is re-parameterised to ``u_hat`` so that ``w . u_hat >= -1 + 1e-3`` (the condition for
+    invertibility is ``> -1``; the margin keeps it strict in float32); then ``log|det| = log(1 + (1 - tanh^2(w . z + b)) w . u_hat)``.
 
     There is no closed-form inverse. :meth:`inverse` solves the scalar equation
     ``w . x = s + (w . u_hat) tanh(s + b)`` for ``s = w . z`` by bisection (the left side is
@@ -123,6 +123,8 @@ class Planar(Flow):
     takes one Newton step so that gradients through the inverse are the exact implicit ones.
     The inverse is therefore accurate to floating-point round-off, but slower than forward.
     """
+
+    MARGIN = 1e-3
 
     def __init__(self, features: int, generator: torch.Generator | None = None,
                  init_scale: float = 1.0) -> None:
@@ -133,9 +135,9 @@ class Planar(Flow):
         self.b = nn.Parameter(torch.randn((), generator=generator) * init_scale)
 
     def u_hat(self) -> Tensor:
-        """``u`` moved along ``w`` so that ``w . u_hat = -1 + softplus(w . u) > -1``."""
+        """``u`` moved along ``w`` so that ``w . u_hat = -1 + 1e-3 + softplus(w . u)``."""
         wu = self.w @ self.u
-        return self.u + (-1 + F.softplus(wu) - wu) * self.w / (self.w @ self.w)
+        return self.u + (-1 + self.MARGIN + F.softplus(wu) - wu) * self.w / (self.w @ self.w)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         u_hat = self.u_hat()

@@ -1,0 +1,67 @@
+# nfcourse: two commands do everything on a fresh machine with Python 3.11.
+#   make book   create .venv, install, build the HTML book into _build/html
+#   make test   everything CI runs (unit tests, notebooks under nbval, warning-free build)
+# Helpers: make execute [CHAPTERS=chapters/NN-name.md]   re-execute chapter records
+#          make clean
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JB     := $(BIN)/jupyter-book
+PYTEST := $(BIN)/python -m pytest
+CHAPTERS ?=
+
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: book test unit notebooks html check-records execute clean venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@echo "== setting up $(VENV) with $(PYTHON)"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Build the book. A chapter whose record is stale (its .md changed) is re-executed first.
+book: $(STAMP)
+	@stale="$$($(BIN)/python tools/notebooks.py stale)"; \
+	if [ -n "$$stale" ]; then echo "== re-executing stale chapters: $$stale"; \
+	  $(BIN)/python tools/notebooks.py execute $$stale || exit 1; fi
+	$(MAKE) --no-print-directory html
+	@echo "== the book is at $(CURDIR)/_build/html/index.html"
+
+html: $(STAMP)
+	rm -rf _build/html _build/.doctrees
+	$(JB) build . --warningiserror --nitpick --keep-going --quiet
+	$(BIN)/python tools/check_html.py _build/html
+
+execute: $(STAMP)
+	$(BIN)/python tools/notebooks.py execute $(CHAPTERS)
+
+check-records: $(STAMP)
+	$(BIN)/python tools/notebooks.py check
+
+unit: $(STAMP)
+	$(PYTEST) tests -n 2 -q
+
+# Each chapter executes exactly once here (nbval); the HTML build then renders those records.
+notebooks: $(STAMP)
+	$(PYTEST) -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with tools/nbval_sanitize.cfg --durations=0 -q chapters/
+
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory check-records && \
+	$(MAKE) --no-print-directory unit && \
+	$(MAKE) --no-print-directory notebooks && \
+	$(MAKE) --no-print-directory html && \
+	echo "== make test passed in $$(( $$(date +%s) - start )) s"
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis
