@@ -77,3 +77,30 @@ def plot_samples(points: Tensor | np.ndarray, ax: Axes | None = None, label: str
     if label:
         ax.legend(loc="upper right", markerscale=4)
     return ax
+
+
+def plot_hist_vs_density(samples: Tensor | np.ndarray, log_prob: Callable[[Tensor], Tensor],
+                         ax: Axes | None = None, bins: int = 80,
+                         limits: tuple[float, float] | None = None, title: str | None = None,
+                         label: str = "formula") -> Axes:
+    """1-D: a normalised histogram of ``samples [N]`` against the density ``exp(log_prob)``.
+
+    ``log_prob`` takes ``[B, 1]`` and returns ``[B]``.
+    """
+    ax = ax or plt.gca()
+    s = samples.detach().cpu().numpy().reshape(-1) if isinstance(samples, Tensor) \
+        else np.asarray(samples).reshape(-1)
+    lo, hi = limits if limits is not None else (float(np.quantile(s, 0.001)),
+                                                float(np.quantile(s, 0.999)))
+    ax.hist(s, bins=bins, range=(lo, hi), density=True, alpha=0.45, label="histogram of samples")
+    edges = torch.linspace(lo, hi, 401)
+    grid = (0.5 * (edges[1:] + edges[:-1]))[:, None]  # midpoints: open at both ends
+    with torch.no_grad():
+        dens = log_prob(grid).exp().numpy()
+    ax.plot(grid[:, 0].numpy(), dens, lw=2, label=label)
+    ax.set_xlabel("x")
+    ax.set_ylabel("density")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax

@@ -134,6 +134,16 @@ class Planar(Flow):
         self.u = nn.Parameter(torch.randn(features, generator=generator) * std)
         self.b = nn.Parameter(torch.randn((), generator=generator) * init_scale)
 
+    @classmethod
+    def from_values(cls, w: Sequence[float], u: Sequence[float], b: float) -> Planar:
+        """A planar flow with the given raw parameters (``u`` is still constrained to ``u_hat``)."""
+        flow = cls(len(w))
+        with torch.no_grad():
+            flow.w.copy_(torch.as_tensor(w))
+            flow.u.copy_(torch.as_tensor(u))
+            flow.b.fill_(float(b))
+        return flow
+
     def u_hat(self) -> Tensor:
         """``u`` moved along ``w`` so that ``w . u_hat = -1 + 1e-3 + softplus(w . u)``."""
         wu = self.w @ self.u
@@ -187,6 +197,21 @@ class Radial(Flow):
         self.z0 = nn.Parameter(torch.randn(features, generator=generator) * init_scale)
         self.a = nn.Parameter(torch.randn((), generator=generator))
         self.b = nn.Parameter(torch.randn((), generator=generator))
+
+    @classmethod
+    def from_values(cls, z0: Sequence[float], alpha: float, beta: float) -> Radial:
+        """A radial flow with centre ``z0``, ``alpha > 0`` and ``beta > -alpha``."""
+        if alpha <= 0 or beta <= -alpha:
+            raise ValueError(f"Radial: need alpha > 0 and beta > -alpha, got alpha={alpha}, "
+                             f"beta={beta}")
+        flow = cls(len(z0))
+        with torch.no_grad():
+            flow.z0.copy_(torch.as_tensor(z0))
+            a = torch.tensor(float(alpha))
+            flow.a.copy_(a + torch.log(-torch.expm1(-a)))           # softplus^-1(alpha)
+            s = torch.tensor(float(beta + alpha))
+            flow.b.copy_(s + torch.log(-torch.expm1(-s)))           # softplus^-1(beta + alpha)
+        return flow
 
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
         alpha = F.softplus(self.a)

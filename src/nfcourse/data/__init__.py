@@ -1,0 +1,9 @@
+"""Data sets: 2-D toy distributions (:mod:`.toy2d`) with the exact two-moons density."""
+
+from nfcourse.data.toy2d import (DATASETS_2D, MoonsScore, checkerboard, eight_gaussians,
+                                 get_sampler, make_2d, moons_entropy, moons_log_prob, pinwheel,
+                                 register_2d, rings, score_on_moons, spirals, two_moons)
+
+__all__ = ["DATASETS_2D", "MoonsScore", "checkerboard", "eight_gaussians", "get_sampler",
+           "make_2d", "moons_entropy", "moons_log_prob", "pinwheel", "register_2d", "rings",
+           "score_on_moons", "spirals", "two_moons"]

@@ -1,0 +1,58 @@
+"""Static checks of the built HTML (the browser test in tests/browser goes further).
+
+    python tools/check_html.py _build/html
+
+Fails if a page of the table of contents is missing, if any page loads MathJax from a CDN
+instead of the copy served with the book, if an <img> points at a file that is not there, or
+if a notebook cell error was rendered into a page.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def toc_pages() -> list[str]:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    pages = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        pages += [c["file"] for c in part.get("chapters", [])]
+    return [re.sub(r"\.(md|ipynb)$", "", p) for p in pages]
+
+
+def main(html_dir: str) -> int:
+    out = Path(html_dir)
+    problems: list[str] = []
+    for page in toc_pages():
+        path = out / f"{page}.html"
+        if not path.exists():
+            problems.append(f"{path}: page in _toc.yml was not built")
+            continue
+        html = path.read_text(encoding="utf-8")
+        for src in re.findall(r'<script[^>]+src="([^"]*mathjax[^"]*)"', html, flags=re.I):
+            if src.startswith(("http:", "https:", "//")):
+                problems.append(f"{path}: MathJax loaded from the network ({src})")
+            elif not (path.parent / src.split("?")[0]).resolve().exists():
+                problems.append(f"{path}: MathJax file {src} missing from the build")
+        for src in re.findall(r'<img[^>]+src="([^"]+)"', html):
+            if src.startswith("data:") or src.startswith(("http:", "https:")):
+                continue
+            if not (path.parent / src).resolve().exists():
+                problems.append(f"{path}: image {src} missing")
+        if "Traceback (most recent call last)" in html or 'class="output traceback' in html:
+            problems.append(f"{path}: a cell error is rendered in the page")
+    for p in problems:
+        print("FAIL", p)
+    if not problems:
+        print(f"HTML check passed: {len(toc_pages())} page(s) in {out}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "_build/html"))
