@@ -70,6 +70,9 @@ def execute(md: Path) -> float:
     NotebookClient(nb, timeout=TIMEOUT_PER_CELL_S, kernel_name="python3",
                    resources={"metadata": {"path": str(md.parent)}}).execute()
     seconds = time.perf_counter() - start
+    # No stored widget state: with it the page would load the widget manager from a CDN, and
+    # the book must work offline. Widgets are live in a kernel; pages show static figures.
+    nb.metadata.pop("widgets", None)
     nb.metadata["nfcourse"] = {"execution_seconds": round(seconds, 1)}
     nbformat.validate(nb)
     nbformat.write(nb, record_of(md))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -82,7 +82,7 @@ def plot_samples(points: Tensor | np.ndarray, ax: Axes | None = None, label: str
 def plot_hist_vs_density(samples: Tensor | np.ndarray, log_prob: Callable[[Tensor], Tensor],
                          ax: Axes | None = None, bins: int = 80,
                          limits: tuple[float, float] | None = None, title: str | None = None,
-                         label: str = "formula") -> Axes:
+                         label: str = "formula", xlabel: str = "x") -> Axes:
     """1-D: a normalised histogram of ``samples [N]`` against the density ``exp(log_prob)``.
 
     ``log_prob`` takes ``[B, 1]`` and returns ``[B]``.
@@ -98,9 +98,55 @@ def plot_hist_vs_density(samples: Tensor | np.ndarray, log_prob: Callable[[Tenso
     with torch.no_grad():
         dens = log_prob(grid).exp().numpy()
     ax.plot(grid[:, 0].numpy(), dens, lw=2, label=label)
-    ax.set_xlabel("x")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.legend()
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_samples_vs_data(samples: Tensor | np.ndarray, data: Tensor | np.ndarray,
+                         axes: Sequence[Axes] | None = None,
+                         box: tuple[float, float, float, float] | None = MOONS_BOX,
+                         titles: tuple[str, str] = ("data", "model samples")) -> Sequence[Axes]:
+    """Two scatter plots side by side, same limits: ``data [N, 2]`` and ``samples [M, 2]``."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True, sharey=True)
+    plot_samples(data, ax=axes[0], box=box, title=titles[0], color="tab:gray")
+    plot_samples(samples, ax=axes[1], box=box, title=titles[1], color="tab:blue")
+    return axes
+
+
+def plot_layers(trajectory: Sequence[Tensor], color_by: Tensor | np.ndarray | None = None,
+                max_panels: int = 9, box: tuple[float, float, float, float] | None = None,
+                s: float = 2.0) -> np.ndarray:
+    """How points move layer by layer, latent to data.
+
+    ``trajectory`` is the list ``[z, f1(z), f2(f1(z)), ...]`` of ``[N, 2]`` tensors that
+    :meth:`nfcourse.flows.base.Compose.trajectory` returns. Each panel shows one stage; points
+    keep the colour given by ``color_by [N]`` (default: the angle of ``z``), so one can follow
+    where each region of the Gaussian ends up. At most ``max_panels`` stages are shown,
+    always including the first and the last. Returns the array of axes.
+    """
+    n_stages = len(trajectory)
+    if n_stages < 2:
+        raise ValueError("plot_layers: need at least the input and one layer's output.")
+    pick = np.unique(np.linspace(0, n_stages - 1, min(max_panels, n_stages)).round().astype(int))
+    z0 = trajectory[0].detach().cpu()
+    colours = (torch.atan2(z0[:, 1], z0[:, 0]).numpy() if color_by is None else
+               (color_by.detach().cpu().numpy() if isinstance(color_by, Tensor)
+                else np.asarray(color_by)))
+    fig, axes = plt.subplots(1, len(pick), figsize=(2.3 * len(pick), 2.6), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, k in zip(axes[0], pick):
+        p = trajectory[k].detach().cpu().numpy()
+        ax.scatter(p[:, 0], p[:, 1], c=colours, s=s, cmap="twilight", alpha=0.7)
+        ax.set_title("z (base)" if k == 0 else f"after layer {k}", fontsize=9)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        if box is not None:
+            ax.set_xlim(box[0], box[1])
+            ax.set_ylim(box[2], box[3])
+    fig.tight_layout()
+    return axes[0]
