@@ -74,6 +74,11 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     return path
 
 
+def _first_sentence(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return text.split(". ")[0][:200]
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
@@ -91,10 +96,22 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
            "atomically, so a damaged file usually comes from an interrupted copy or download).")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+    except pickle.UnpicklingError as err:
+        # A complete torch file that safe loading refuses is a foreign pickle; anything that is
+        # not even a complete zip archive (torch's format) is damaged.
+        refused = "weights" in str(err).lower().replace("_", " ")
+        if not (refused and zipfile.is_zipfile(path)):
+            raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or "
+                                  f"corrupt ({_first_sentence(err)}). {fix}") from err
+        raise CheckpointError(f"{path} holds Python objects that safe loading "
+                              "(torch.load(weights_only=True)) refuses to unpickle, so it was not "
+                              "written by nfcourse. Use a checkpoint written by nfcourse.train.fit"
+                              " or `python -m nfcourse train`; never load untrusted pickles."
+                              ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
             OSError, KeyError, IndexError) as err:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is truncated or corrupt "
-                              f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
+                              f"({type(err).__name__}: {_first_sentence(err)}). "
                               f"{fix}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not an nfcourse checkpoint (no "

@@ -271,7 +271,7 @@ def fit(model: nn.Module, data: Tensor | Sampler, config: TrainConfig | None = N
             lr = opt.param_groups[0]["lr"]
             with validation(False):
                 loss = model.nll(x.to(device))  # type: ignore[operator]
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"fit: the training loss is {value} at step {history.steps_done + 1}; "

@@ -16,18 +16,22 @@ The inverse never inverts the network, it only re-evaluates it on ``x_kept``.
 
 One layer leaves the kept coordinates alone, so layers must alternate which coordinates they
 keep; :func:`coupling_masks` builds those masks, and with ``kind="lecture"`` it reproduces the
-lecture's split, which for an even number of coordinates keeps the same half in every layer.
+lecture's split, which keeps the first ``D // 2`` coordinates in every layer (for even ``D`` it
+is the same split every time).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from nfcourse.flows.base import Compose, Flow, sum_except_batch
-from nfcourse.model import FlowModel
+
+if TYPE_CHECKING:  # nfcourse.model imports nfcourse.flows; importing it here would be circular
+    from nfcourse.model import FlowModel
 
 MASK_KINDS = ("halves", "parity", "lecture")
 
@@ -40,9 +44,10 @@ def coupling_masks(features: int, layers: int, kind: str = "halves") -> list[Ten
             (for odd ``features`` the halves are ``D//2`` and ``D - D//2``).
         ``"parity"``: keep even-indexed coordinates on even layers, odd-indexed on odd layers.
         ``"lecture"``: the lecture's split, reproduced on purpose: it keeps the first ``d``
-            coordinates with ``d = D // 2`` on even layers and ``d = D - D // 2`` on odd ones,
-            so for even ``D`` every layer keeps the same coordinates and the first half is never
-            transformed. Use it only to show that defect.
+            coordinates with ``d = D // 2`` on even layers and ``d = D - D // 2`` on odd ones.
+            For even ``D`` every layer is the same split; for any ``D`` the first ``D // 2``
+            coordinates are kept by every layer, so they are never transformed. Use it only
+            to show that defect.
     Every layer of every kind keeps at least one and transforms at least one coordinate.
     """
     if features < 2:
@@ -208,6 +213,8 @@ def realnvp(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int 
     ``masks="lecture"`` builds the lecture's defective split instead (see
     :func:`coupling_masks`). Starts as the identity map, so initially ``p = N(0, I)``.
     """
+    from nfcourse.model import FlowModel
+
     flows = [AffineCoupling(m, hidden, depth, scale_bound)
              for m in coupling_masks(features, layers, masks)]
     return FlowModel(Compose(*flows))
@@ -221,6 +228,8 @@ def nice(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2
     applied last, as in the NICE paper), so it rescales the Gaussian before the couplings
     bend it.
     """
+    from nfcourse.model import FlowModel
+
     flows: list[Flow] = [DiagonalScaling(features)]
     flows += [AdditiveCoupling(m, hidden, depth) for m in coupling_masks(features, layers, masks)]
     return FlowModel(Compose(*flows))
