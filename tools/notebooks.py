@@ -29,7 +29,7 @@ TIMEOUT_PER_CELL_S = 1800
 
 
 def sources() -> list[Path]:
-    return sorted(CHAPTERS.glob("[0-9]*.md"))
+    return sorted(CHAPTERS.glob("*.md"))
 
 
 def record_of(md: Path) -> Path:
@@ -57,6 +57,21 @@ def is_stale(md: Path) -> str | None:
                   if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
     if unexecuted:
         return f"code cells {unexecuted[:5]} were never executed"
+    return _stale_inputs(rec)
+
+
+def _stale_inputs(rec: Path) -> str | None:
+    """A record that reads other chapters' results (the lecture audit) glues the fingerprint
+    of what it read as ``audit_inputs``; it is stale when those results have changed since."""
+    from nfcourse.audit import inputs_fingerprint, read_glue
+
+    recorded = read_glue(rec).get("audit_inputs")
+    if recorded is None:
+        return None
+    current = inputs_fingerprint(CHAPTERS)
+    if recorded != current:
+        return (f"the chapter results it reads have changed (fingerprint {recorded} in the "
+                f"record, {current} now)")
     return None
 
 
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         for md in problems:
             print(md.relative_to(ROOT))
         return 0
-    orphans = [p for p in CHAPTERS.glob("[0-9]*.ipynb") if not p.with_suffix(".md").exists()]
+    orphans = [p for p in CHAPTERS.glob("*.ipynb") if not p.with_suffix(".md").exists()]
     for md, why in problems.items():
         print(f"STALE {md.relative_to(ROOT)}: {why}. Run: make execute "
               f"CHAPTERS={md.relative_to(ROOT)}")
