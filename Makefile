@@ -60,7 +60,35 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory unit && \
 	$(MAKE) --no-print-directory notebooks && \
 	$(MAKE) --no-print-directory html && \
+	$(MAKE) --no-print-directory browser && \
 	echo "== make test passed in $$(( $$(date +%s) - start )) s"
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis
+
+# The built book in a real browser (needs `make html` first): every page of _toc.yml in
+# headless Debian chromium, served on 127.0.0.1 and from file://, with no network, plus the
+# Binder and Colab launch paths on paper; screenshots go to _build/screenshots/.
+# chromium and its driver come from apt when missing (CI runs as root; otherwise sudo -n).
+CHROMIUM     ?= /usr/bin/chromium
+CHROMEDRIVER ?= /usr/bin/chromedriver
+.PHONY: browser
+browser: $(STAMP)
+	@if [ ! -x "$(CHROMIUM)" ] || [ ! -x "$(CHROMEDRIVER)" ]; then \
+	  echo "== $(CHROMIUM) or $(CHROMEDRIVER) missing: installing Debian's chromium and chromium-driver"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo="sudo -n"; fi; \
+	  { $$sudo apt-get update -qq && \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq chromium chromium-driver; } >/dev/null || true; \
+	  if [ ! -x "$(CHROMIUM)" ] || [ ! -x "$(CHROMEDRIVER)" ]; then \
+	    echo "ERROR: the browser check needs $(CHROMIUM) and $(CHROMEDRIVER) (Debian packages" \
+	      "chromium and chromium-driver) and could not install them with apt-get (see the" \
+	      "lines above; it needs root or password-less sudo and a Debian package mirror)." \
+	      "Install them as root: apt-get update && apt-get install -y chromium chromium-driver" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+	@start=$$(date +%s); \
+	NFCOURSE_CHROMIUM="$(CHROMIUM)" NFCOURSE_CHROMEDRIVER="$(CHROMEDRIVER)" \
+	  $(PYTEST) -p no:cacheprovider -q tests/browser && \
+	echo "== browser check passed in $$(( $$(date +%s) - start )) s (screenshots: _build/screenshots/)"

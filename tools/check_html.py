@@ -3,7 +3,8 @@
     python tools/check_html.py _build/html
 
 Fails if a page of the table of contents is missing, if any page loads MathJax from a CDN
-instead of the copy served with the book, if an <img> points at a file that is not there, or
+instead of the copy served with the book, if a page makes the browser fetch anything (a script,
+stylesheet, image, frame) from the network, if an <img> points at a file that is not there, or
 if a notebook cell error was rendered into a page.
 """
 
@@ -40,6 +41,17 @@ def main(html_dir: str) -> int:
                 problems.append(f"{path}: MathJax loaded from the network ({src})")
             elif not (path.parent / src.split("?")[0]).resolve().exists():
                 problems.append(f"{path}: MathJax file {src} missing from the build")
+        # Anything the browser would fetch by itself must be in the build: the book is read
+        # offline (file://, a static server with no network). Links (<a href>) may go out.
+        for tag, url in re.findall(
+                r'<(script|img|iframe|source|video|audio|embed|link)\b[^>]*?\b(?:src|href)='
+                r'"((?:https?:)?//[^"]*)"', html, flags=re.I):
+            if tag.lower() == "link" and not re.search(
+                    rf'<link\b[^>]*rel="(?:stylesheet|preload|modulepreload|icon)"[^>]*'
+                    rf'href="{re.escape(url)}"|<link\b[^>]*href="{re.escape(url)}"[^>]*'
+                    rf'rel="(?:stylesheet|preload|modulepreload|icon)"', html, flags=re.I):
+                continue  # e.g. <link rel="canonical">: not fetched
+            problems.append(f"{path}: <{tag}> loads {url} from the network")
         for src in re.findall(r'<img[^>]+src="([^"]+)"', html):
             if src.startswith("data:") or src.startswith(("http:", "https:")):
                 continue
