@@ -20,10 +20,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-peers.txt pyproject.toml
 	@echo "== setting up $(VENV) with $(PYTHON)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@# The flow libraries the performance appendix compares against; never imported by nfcourse.
+	@# --no-deps: their declared extras (torchdyn, torchvision) would replace the pinned torch.
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-peers.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -1,0 +1,155 @@
+"""The alternating timing harness: order, pairing, statistics and the machine record."""
+
+import math
+
+import pytest
+import torch
+
+from nfcourse.bench import (Ratio, Timing, alternate, load_average, machine_info, quartiles,
+                            ratio, versions)
+
+
+class FakeClock:
+    """A clock that only moves when a candidate 'works', by a cost the test chooses."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_quartiles():
+    assert quartiles([3.0]) == (3.0, 3.0, 3.0)
+    assert quartiles([1, 2, 3, 4, 5]) == (2.0, 3.0, 4.0)
+    with pytest.raises(ValueError):
+        quartiles([])
+
+
+def test_alternate_runs_candidates_in_turn_and_rotates_the_first():
+    calls: list[str] = []
+    alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+               "c": lambda: calls.append("c")}, rounds=3, warmup=1)
+    rounds = ["".join(calls[i:i + 3]) for i in range(0, len(calls), 3)]
+    assert rounds == ["abc", "bca", "cab", "abc"]  # warm-up round, then 3 timed rounds
+
+
+def test_alternate_times_each_call_and_divides_by_repeat():
+    clock = FakeClock()
+    cost = {"fast": 0.001, "slow": 0.003}
+    t = alternate({k: (lambda k=k: clock.advance(cost[k])) for k in cost}, rounds=5, repeat=4,
+                  warmup=2, units={"fast": 100, "slow": 100}, clock=clock)
+    assert list(t) == ["fast", "slow"]
+    assert len(t["fast"].per_call) == 5  # warm-up rounds are not kept
+    assert t["fast"].median == pytest.approx(0.001)
+    assert t["slow"].rate == pytest.approx(100 / 0.003)
+    assert "fast" in str(t["fast"]) and "per s" in str(t["fast"])
+
+
+def test_ratio_pairs_rounds_so_drift_cancels():
+    # The machine is ten times slower on every other round; 'slow' always costs 3x 'fast'.
+    clock = FakeClock()
+    calls = [0]
+
+    def work(base: float) -> None:
+        load = 10.0 if (calls[0] // 2) % 2 else 1.0  # two calls per round
+        calls[0] += 1
+        clock.advance(base * load)
+
+    t = alternate({"fast": lambda: work(1e-3), "slow": lambda: work(3e-3)}, rounds=8,
+                  warmup=0, clock=clock)
+    spread = max(t["fast"].per_call) / min(t["fast"].per_call)
+    assert spread == pytest.approx(10.0)  # absolute times swing tenfold ...
+    r = ratio(t, "slow", "fast")
+    assert isinstance(r, Ratio)
+    assert r.median == pytest.approx(3.0) and r.q25 == pytest.approx(r.q75)  # ... ratios do not
+    assert "3.00" in str(r)
+
+
+def test_reduce_min_keeps_the_uninterrupted_call():
+    clock = FakeClock()
+    costs = iter([5.0, 1.0, 1.0] * 4)  # the first call of every measurement is interrupted
+    mean = alternate({"a": lambda: clock.advance(next(costs))}, rounds=2, repeat=3, warmup=0,
+                     clock=clock)
+    fastest = alternate({"a": lambda: clock.advance(next(costs))}, rounds=2, repeat=3,
+                        warmup=0, reduce="min", clock=clock)
+    assert mean["a"].per_call == pytest.approx((7 / 3, 7 / 3))
+    assert fastest["a"].per_call == (1.0, 1.0)
+    with pytest.raises(ValueError, match="reduce"):
+        alternate({"a": lambda: None}, reduce="median")
+
+
+def test_ratio_uses_units():
+    a = Timing("a", (2.0, 2.0), units=2)  # 1 s per unit
+    b = Timing("b", (1.0, 1.0), units=1)  # 1 s per unit
+    assert ratio({"a": a, "b": b}, "a", "b").median == pytest.approx(1.0)
+
+
+def test_ratio_refuses_unpaired_or_zero_timings():
+    with pytest.raises(ValueError, match="rounds"):
+        ratio({"a": Timing("a", (1.0,)), "b": Timing("b", (1.0, 2.0))}, "a", "b")
+    with pytest.raises(ValueError, match="zero"):
+        ratio({"a": Timing("a", (1.0,)), "b": Timing("b", (0.0,))}, "a", "b")
+
+
+@pytest.mark.parametrize("kwargs", [{"rounds": 0}, {"repeat": 0}, {"warmup": -1}])
+def test_alternate_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        alternate({"a": lambda: None}, **kwargs)
+    with pytest.raises(ValueError, match="no candidates"):
+        alternate({})
+
+
+def test_alternate_calls_sync_before_reading_the_clock():
+    clock = FakeClock()
+    alternate({"a": lambda: None}, rounds=2, warmup=0, sync=lambda: clock.advance(0.5),
+              clock=clock)
+    assert clock.now == pytest.approx(1.0)
+
+
+def test_after_runs_untimed_after_each_timed_call():
+    clock = FakeClock()
+    seen: list[tuple[str, int]] = []
+
+    def after(name: str, r: int) -> None:
+        seen.append((name, r))
+        clock.advance(100.0)  # slow bookkeeping must not count
+
+    t = alternate({"a": lambda: clock.advance(1.0), "b": lambda: clock.advance(2.0)}, rounds=2,
+                  warmup=1, after=after, clock=clock)
+    assert seen == [("b", 0), ("a", 0), ("a", 1), ("b", 1)]  # warm-up round unseen
+    assert t["a"].per_call == (1.0, 1.0) and t["b"].per_call == (2.0, 2.0)
+
+
+def test_real_clock_measures_real_work():
+    x = torch.randn(64, 64)
+    t = alternate({"mm": lambda: x @ x}, rounds=3, repeat=2)
+    assert all(s > 0 for s in t["mm"].per_call)
+
+
+def test_machine_info_names_versions_and_load():
+    info = machine_info(["torch", "surely-not-a-package-xyz"])
+    assert info["torch"] == torch.__version__ or info["torch"].startswith(torch.__version__[:4])
+    assert info["surely-not-a-package-xyz"] == "not installed"
+    assert info["torch threads"] == str(torch.get_num_threads())
+    assert "load average (1/5/15 min)" in info and info["cpu"]
+    assert all(math.isnan(v) or v >= 0 for v in load_average())
+    assert versions([]) == {}
+
+
+def test_the_library_never_imports_the_peer_libraries():
+    """The peers (requirements-peers.txt) are for the performance appendix only."""
+    import re
+    from pathlib import Path
+
+    import nfcourse
+
+    peers = ("zuko", "normflows", "nflows", "torchcfm")
+    pattern = re.compile(rf"^\s*(import|from)\s+({'|'.join(peers)})\b", re.M)
+    root = Path(nfcourse.__file__).parent
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
