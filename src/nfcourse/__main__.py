@@ -134,6 +134,25 @@ register_command("train", "train a flow on a 2-D data set", _train_args, _train)
 register_command("evaluate", "test NLL of a checkpoint", _evaluate_args, _evaluate)
 
 
+# --------------------------------------------------------------------------- train mnist
+
+
+def _train_mnist_args(p: argparse.ArgumentParser) -> None:
+    from nfcourse.train_images import add_train_mnist_args
+
+    add_train_mnist_args(p)
+
+
+def _train_mnist(args: argparse.Namespace) -> int:
+    from nfcourse.train_images import main_train_mnist
+
+    return main_train_mnist(args)
+
+
+register_command("train-mnist", "train an MNIST flow; also spelled `train mnist` (chapter 5)",
+                 _train_mnist_args, _train_mnist)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nfcourse", description="nfcourse command line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -150,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from nfcourse.checkpoint import CheckpointError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["train", "mnist"]:  # `train mnist ...` is the image trainer
+        argv = ["train-mnist", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
