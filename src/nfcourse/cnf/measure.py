@@ -1,0 +1,254 @@
+"""Measuring CNFs: memory held for the backward pass (direct vs adjoint), sampling time, and
+time budgets on a shared machine (:class:`Stopwatch`).
+
+On a CPU PyTorch has no allocator statistics, and process-level numbers (peak RSS) mix in
+everything else the process ever allocated. What backpropagation through a solver costs is
+the tensors autograd keeps alive between the forward and the backward pass, so that is what
+:class:`SavedTensorMeter` measures: it sees every tensor saved for backward (through
+``torch.autograd.graph.saved_tensors_hooks``), counts each storage once while any saved
+reference to it is alive, and records the peak of that total. It does not count temporaries
+that are freed before the backward pass, nor the parameters' gradients; it does count the
+small graphs the adjoint's backward solve builds step by step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from nfcourse.cnf.model import CNF
+from nfcourse.cnf.solvers import SolverSpec
+
+
+class _Held:
+    """A saved tensor; when autograd drops it, its storage's reference count goes down."""
+
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: Tensor, key: int, meter: SavedTensorMeter) -> None:
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self) -> None:
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Context manager: peak bytes of distinct storages saved by autograd inside it.
+
+    Usage::
+
+        with SavedTensorMeter() as meter:
+            loss = model.nll(x)
+            loss.backward()
+        meter.peak_bytes
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[int, list[int]] = {}   # storage pointer -> [references, bytes]
+        self.current = 0
+        self.peak_bytes = 0
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, t: Tensor) -> _Held:
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        entry = self.live.get(key)
+        if entry is None:
+            self.live[key] = [1, storage.nbytes()]
+            self.current += storage.nbytes()
+            self.peak_bytes = max(self.peak_bytes, self.current)
+        else:
+            entry[0] += 1
+        # keep a detached alias: holding ``t`` itself would hold its grad_fn, which holds this
+        # object, a reference cycle that only the cyclic garbage collector would break
+        return _Held(t.detach(), key, self)
+
+    @staticmethod
+    def _unpack(held: _Held) -> Tensor:
+        return held.tensor
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.live[key]
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+@dataclass(frozen=True)
+class BackwardCost:
+    """One forward+backward pass: peak saved-for-backward memory (MiB), and its fastest wall
+    time and fastest CPU time (s) over the repeats.
+
+    ``seconds`` is the smaller of the two times: on an idle machine the wall time (at most the
+    CPU time of a compute-bound pass), on a shared one the CPU time (which the competition
+    hardly changes); see :class:`Stopwatch`.
+    """
+
+    peak_mib: float
+    wall_seconds: float
+    cpu_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return min(self.wall_seconds, self.cpu_seconds)
+
+
+def measure_backward(loss_fn: Callable[[], Tensor], repeats: int = 1) -> BackwardCost:
+    """Run ``loss_fn().backward()`` ``repeats`` times; the peak memory and the fastest times."""
+    if repeats < 1:
+        raise ValueError(f"measure_backward: repeats must be >= 1, got {repeats}.")
+    wall = cpu = float("inf")
+    peak = 0
+    for _ in range(repeats):
+        with SavedTensorMeter() as meter, Stopwatch() as clock:
+            loss_fn().backward()
+        wall, cpu = min(wall, clock.wall), min(cpu, clock.cpu)
+        peak = max(peak, meter.peak_bytes)
+    return BackwardCost(peak / 2**20, wall, cpu)
+
+
+@dataclass(frozen=True)
+class AdjointComparison:
+    """Direct backpropagation vs the adjoint method for one integration length ``T``.
+
+    ``direct``/``adjoint``: peak saved memory and best time of one forward+backward pass;
+    ``direct_nfe``/``adjoint_nfe``: function evaluations per pass (the adjoint's include its
+    backward solve).
+    """
+
+    T: float
+    steps: int
+    direct: BackwardCost
+    adjoint: BackwardCost
+    direct_nfe: int
+    adjoint_nfe: int
+
+    @property
+    def time_ratio(self) -> float:
+        return self.adjoint.seconds / self.direct.seconds
+
+
+def compare_adjoint(model: CNF, x: Tensor, lengths: Sequence[float], steps_per_unit: int = 8,
+                    repeats: int = 3) -> list[AdjointComparison]:
+    """Measure ``model.nll(x).backward()`` with and without the adjoint for each ``T`` in
+    ``lengths``.
+
+    Both use torchdiffeq's fixed-grid RK4 with ``round(steps_per_unit * T)`` steps, so the
+    forward solves are identical and only the way gradients are obtained differs. The model is
+    put in training mode; its ``T``, training solver and mode are restored afterwards. The
+    first length is run once unmeasured first, so one-off costs are not charged to it.
+    """
+    if not lengths or any(not (float(T) > 0 and math.isfinite(T)) for T in lengths):
+        raise ValueError(f"compare_adjoint: lengths must be a non-empty list of finite numbers "
+                         f"> 0, got {list(lengths)}.")
+    if steps_per_unit < 1 or repeats < 1:
+        raise ValueError(f"compare_adjoint: steps_per_unit and repeats must be >= 1, got "
+                         f"{steps_per_unit} and {repeats}.")
+    flow = model.cflow
+    saved = (flow.T, flow.train_solver, model.training)
+    history_length = len(flow.nfe_history)
+    model.train()
+    rows = []
+    try:
+        for i, T in enumerate(lengths):
+            flow.T = float(T)
+            steps = max(1, round(steps_per_unit * T))
+            cost: dict[bool, BackwardCost] = {}
+            nfe: dict[bool, int] = {}
+            for adjoint in (False, True):
+                flow.train_solver = SolverSpec("rk4", steps=steps, adjoint=adjoint,
+                                               backend="torchdiffeq")
+                if i == 0:
+                    measure_backward(lambda: model.nll(x))  # warm-up
+                calls = flow.dynamics.calls
+                cost[adjoint] = measure_backward(lambda: model.nll(x), repeats)
+                nfe[adjoint] = (flow.dynamics.calls - calls) // repeats
+            rows.append(AdjointComparison(float(T), steps, cost[False], cost[True], nfe[False],
+                                          nfe[True]))
+    finally:
+        flow.T, flow.train_solver = saved[0], saved[1]
+        del flow.nfe_history[history_length:]  # these solves were not training
+        model.train(saved[2])
+        model.zero_grad(set_to_none=True)
+    return rows
+
+
+def time_sampling(model: CNF, spec: SolverSpec, n: int = 100, repeats: int = 15,
+                  generator: torch.Generator | None = None) -> tuple[float, int]:
+    """Time of ``model.sample(n)`` with the solver ``spec`` in ms, and its NFE.
+
+    The time is the smaller of the median wall time and the median CPU time over ``repeats``
+    calls (see :class:`Stopwatch`), after one unmeasured call; gradients are off and the
+    model's solvers are restored afterwards.
+    """
+    if n < 1 or repeats < 1:
+        raise ValueError(f"time_sampling: n and repeats must be >= 1, got {n} and {repeats}.")
+    with model.cflow.override(solver=spec), torch.no_grad():
+        model.sample(n, generator=generator)
+        walls, cpus = [], []
+        for _ in range(repeats):
+            with Stopwatch() as clock:
+                model.sample(n, generator=generator)
+            walls.append(clock.wall)
+            cpus.append(clock.cpu)
+        nfe = model.cflow.last_nfe
+    return 1000 * min(statistics.median(walls), statistics.median(cpus)), nfe
+
+
+class Stopwatch:
+    """Context manager: wall-clock and CPU time of a block, and the machine's load around it.
+
+    On a machine shared with other jobs the wall-clock time of a computation grows with the
+    competition; its CPU time (all threads of this process) hardly does. For a compute-bound
+    block at least one thread is always working, so on an otherwise idle machine its wall-clock
+    time would be at most its CPU time; it is also at most the wall-clock time measured here.
+    :attr:`idle_bound` is the smaller of the two: an upper bound on the idle wall-clock time,
+    whatever else the machine was doing.
+    """
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = math.nan
+        self.load = math.nan
+
+    def start(self) -> Stopwatch:
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def stop(self) -> Stopwatch:
+        if not hasattr(self, "_wall0"):
+            raise RuntimeError("Stopwatch.stop: call start() first (or use it in a with block).")
+        self.wall = time.perf_counter() - self._wall0
+        self.cpu = time.process_time() - self._cpu0
+        self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
+        return self
+
+    def __enter__(self) -> Stopwatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def idle_bound(self) -> float:
+        return min(self.wall, self.cpu)
+
+    def __str__(self) -> str:
+        return (f"{self.wall:.0f} s wall-clock, {self.cpu:.0f} s CPU "
+                f"(1-minute load average {self.load:.1f} at the end)")

@@ -1,0 +1,95 @@
+"""SavedTensorMeter counts what autograd keeps for backward; the adjoint keeps less."""
+
+import pytest
+import torch
+
+from nfcourse.cnf import CNF, SolverSpec
+from nfcourse.cnf.measure import (SavedTensorMeter, Stopwatch, compare_adjoint,
+                                  measure_backward, time_sampling)
+
+
+def test_meter_counts_saved_storages_once_and_releases_them():
+    w = torch.randn(1000, requires_grad=True)
+    with SavedTensorMeter() as meter:
+        y = w
+        for _ in range(5):
+            y = torch.sin(y)      # sin saves its input: 5 new storages of 4000 bytes
+        z = y * y                 # saves y twice, one storage
+        assert meter.current == 6 * 4000
+        z.sum().backward()
+    assert meter.peak_bytes == 6 * 4000
+    assert meter.current == 0     # the graph is freed after backward
+
+
+def test_meter_leaves_gradients_unchanged_and_adjoint_holds_less():
+    torch.manual_seed(0)
+    model = CNF(2, hidden=16, layers=2, train_divergence="exact")
+    torch.nn.init.normal_(model.cflow.field.out.weight, std=0.3)
+    x = torch.randn(64, 2)
+    model.cflow.train_solver = SolverSpec("rk4", steps=16, backend="torchdiffeq")
+    model.nll(x).backward()           # double backward through the divergence, no meter
+    plain = [p.grad.clone() for p in model.parameters()]
+    cost = {}
+    for adjoint in (False, True):
+        model.zero_grad()
+        model.cflow.train_solver = SolverSpec("rk4", steps=16, adjoint=adjoint,
+                                              backend="torchdiffeq")
+        cost[adjoint] = measure_backward(lambda: model.nll(x))
+        if not adjoint:
+            for p, g in zip(model.parameters(), plain):
+                assert torch.equal(p.grad, g)
+    # direct backprop keeps every step's graph; the adjoint keeps one function evaluation's
+    assert cost[False].peak_mib > 5 * cost[True].peak_mib
+
+
+def test_compare_adjoint_grows_direct_memory_only_and_restores_the_model():
+    torch.manual_seed(0)
+    model = CNF(2, hidden=16, layers=2, train_divergence="exact").eval()
+    torch.nn.init.normal_(model.cflow.field.out.weight, std=0.3)
+    before = (model.cflow.T, model.cflow.train_solver, list(model.cflow.nfe_history))
+    rows = compare_adjoint(model, torch.randn(32, 2), [0.5, 2.0], steps_per_unit=4, repeats=1)
+    assert [r.steps for r in rows] == [2, 8]
+    for r in rows:
+        assert r.direct_nfe == 4 * r.steps            # RK4: four evaluations per step
+        assert r.adjoint_nfe == 2 * r.direct_nfe      # plus the backward solve's
+        assert r.time_ratio > 0
+    assert rows[1].direct.peak_mib > 3 * rows[0].direct.peak_mib
+    assert rows[1].adjoint.peak_mib < 1.2 * rows[0].adjoint.peak_mib
+    assert (model.cflow.T, model.cflow.train_solver, model.cflow.nfe_history) == before
+    assert not model.training
+    with pytest.raises(ValueError, match="lengths"):
+        compare_adjoint(model, torch.randn(4, 2), [])
+    with pytest.raises(ValueError, match="lengths"):
+        compare_adjoint(model, torch.randn(4, 2), [1.0, -2.0])
+    with pytest.raises(ValueError, match="steps_per_unit"):
+        compare_adjoint(model, torch.randn(4, 2), [1.0], steps_per_unit=0)
+
+
+def test_time_sampling_reports_the_solvers_nfe_and_restores_it():
+    model = CNF(2, hidden=8, layers=1).eval()
+    solver = model.cflow.eval_solver
+    ms, nfe = time_sampling(model, SolverSpec("rk4", steps=3), n=10, repeats=2)
+    assert nfe == 12 and ms > 0
+    assert model.cflow.eval_solver is solver
+    with pytest.raises(ValueError, match="repeats"):
+        time_sampling(model, SolverSpec("rk4"), repeats=0)
+
+
+def test_bad_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        measure_backward(lambda: torch.zeros(()), repeats=0)
+
+
+def test_stopwatch_bounds_the_idle_time_by_wall_and_cpu():
+    import time
+
+    with Stopwatch() as clock:
+        end = time.process_time() + 0.05
+        while time.process_time() < end:   # busy: CPU time ~ wall time
+            pass
+        time.sleep(0.1)                    # idle: wall time only
+    assert clock.wall >= 0.15 and 0.04 < clock.cpu < clock.wall
+    assert clock.idle_bound == clock.cpu
+    assert "wall-clock" in str(clock)
+    with pytest.raises(RuntimeError, match="start"):
+        Stopwatch().stop()
