@@ -152,6 +152,14 @@ def with_dependencies(names: set[str]) -> set[str]:
 
 
 LIBRARY = "src/nfcourse"  # checked like a chapter: its functions run in the chapters
+# Only the performance appendix imports the peer libraries; they are installed on their own,
+# without dependencies (requirements-peers.txt), by Binder's postBuild and a README cell.
+PEERS_PAGE = "chapters/appendix-performance"
+PEERS = ROOT / "requirements-peers.txt"
+
+
+def peers_for(page: str) -> set[str]:
+    return set(_pins(PEERS)) if page == PEERS_PAGE else set()
 
 
 @functools.cache
@@ -204,7 +212,7 @@ def test_binder_pins_what_the_course_pins() -> None:
 @pytest.mark.parametrize("page", [*notebook_pages(), LIBRARY])
 def test_binder_installs_what_the_chapter_imports(page: str) -> None:
     installed = with_dependencies(set(_pins(BINDER / "requirements.txt")) | {"nfcourse"}
-                                  | _package_dependencies())
+                                  | _package_dependencies()) | peers_for(page)
     missing = missing_distributions(imported_modules(chapter_code(page)),
                                     installed | REPO2DOCKER_BASE)
     assert not missing, f"{page} imports what binder/requirements.txt does not install: {missing}"
@@ -227,13 +235,21 @@ def test_colab_cell_matches_the_course() -> None:
 @pytest.mark.parametrize("page", [*notebook_pages(), LIBRARY])
 def test_colab_cell_installs_what_the_chapter_imports(page: str, where: str) -> None:
     installs, _ = colab_cell_installs(colab_cell())
-    available = with_dependencies(installs)
+    available = with_dependencies(installs) | peers_for(page)
     if where == "Colab":
         available |= COLAB_PREINSTALLED
     missing = missing_distributions(imported_modules(chapter_code(page)),
                                     available)
     assert not missing, (f"{page} imports what the README's %pip cell does not install in "
                          f"{where}: {missing}")
+
+
+def test_the_peer_libraries_are_installed_for_the_appendix() -> None:
+    """Binder's postBuild installs requirements-peers.txt, and the README spells out its pins."""
+    assert "-r requirements-peers.txt" in (BINDER / "postBuild").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, version in _pins(PEERS).items():
+        assert f"{name}=={version}" in readme, f"README's appendix cell lacks {name}=={version}"
 
 
 def test_a_missing_dependency_is_reported() -> None:
