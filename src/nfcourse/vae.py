@@ -28,23 +28,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from nfcourse.flows.coupling import mlp
 from nfcourse.validation import check_tensor, module_dtype_device
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-def _mlp(inputs: int, outputs: int, hidden: int, depth: int, zero_last: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    width = inputs
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), nn.SiLU()]
-        width = hidden
-    last = nn.Linear(width, outputs)
-    if zero_last:
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-    layers.append(last)
-    return nn.Sequential(*layers)
 
 
 def _gaussian_log_prob(x: Tensor, mean: Tensor, log_var: Tensor) -> Tensor:
@@ -81,8 +68,8 @@ class VAE(nn.Module):
         if not log_var_bound > 0:
             raise ValueError(f"VAE: log_var_bound must be > 0, got {log_var_bound!r}.")
         self.features, self.latent, self.log_var_bound = features, latent, float(log_var_bound)
-        self.encoder = _mlp(features, 2 * latent, hidden, depth, zero_last)
-        self.decoder = _mlp(latent, 2 * features, hidden, depth, zero_last)
+        self.encoder = mlp(features, 2 * latent, hidden, depth, nn.SiLU, zero_last)
+        self.decoder = mlp(latent, 2 * features, hidden, depth, nn.SiLU, zero_last)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
