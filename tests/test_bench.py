@@ -153,3 +153,28 @@ def test_the_library_never_imports_the_peer_libraries():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if pattern.search(p.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def test_the_peer_pins_match_requirements_peers():
+    from pathlib import Path
+
+    from nfcourse.bench import PEERS
+
+    text = (Path(__file__).resolve().parent.parent / "requirements-peers.txt").read_text()
+    pins = dict(line.split("==") for line in text.splitlines()
+                if line.strip() and not line.startswith("#"))
+    assert pins == PEERS
+
+
+def test_a_missing_peer_names_the_cell_to_run(monkeypatch):
+    import importlib.util
+
+    import pytest
+
+    from nfcourse import bench
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nflows" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"nflows\..*%pip install --no-deps zuko=="):
+        bench.require_peers()

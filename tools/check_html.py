@@ -5,7 +5,8 @@
 Fails if a page of the table of contents is missing, if any page loads MathJax from a CDN
 instead of the copy served with the book, if a page makes the browser fetch anything (a script,
 stylesheet, image, frame) from the network, if an <img> points at a file that is not there, or
-if a notebook cell error was rendered into a page.
+if a notebook cell error was rendered into a page, or if a chapter page shows fewer output
+figures than its executed record holds (a record whose figures the page lost).
 """
 
 from __future__ import annotations
@@ -25,6 +26,29 @@ def toc_pages() -> list[str]:
     for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
         pages += [c["file"] for c in part.get("chapters", [])]
     return [re.sub(r"\.(md|ipynb)$", "", p) for p in pages]
+
+
+_HIDDEN = {"remove-cell", "remove-output"}
+
+
+def record_figures(page: str) -> int | None:
+    """How many image outputs the page's executed record shows (``None``: not a notebook)."""
+    rec = ROOT / f"{page}.ipynb"
+    if not rec.exists():
+        return None
+    import nbformat
+
+    nb = nbformat.read(rec, as_version=4)
+    return sum(1 for c in nb.cells if c.cell_type == "code"
+               and not _HIDDEN & set(c.get("metadata", {}).get("tags", []))
+               for o in c.get("outputs", []) if any(k.startswith("image/") for k in
+                                                    o.get("data", {})))
+
+
+def page_figures(html: str) -> int:
+    """Images a rendered page serves from the build's ``_images/`` (where Sphinx puts every
+    notebook output figure)."""
+    return len(re.findall(r'<img\b[^>]*\bsrc="(?:\.\./)*_images/', html))
 
 
 def main(html_dir: str) -> int:
@@ -57,6 +81,10 @@ def main(html_dir: str) -> int:
                 continue
             if not (path.parent / src).resolve().exists():
                 problems.append(f"{path}: image {src} missing")
+        want = record_figures(page)
+        if want is not None and page_figures(html) < want:
+            problems.append(f"{path}: {page_figures(html)} output figure(s) on the page, "
+                            f"{want} in the executed record")
         if "Traceback (most recent call last)" in html or 'class="output traceback' in html:
             problems.append(f"{path}: a cell error is rendered in the page")
     for p in problems:

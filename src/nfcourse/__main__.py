@@ -50,13 +50,13 @@ def _positive_float(text: str) -> float:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    from nfcourse.checkpoint import MODEL_BUILDERS
+    from nfcourse.checkpoint import TWO_D_MODELS
     from nfcourse.data.toy2d import DATASETS_2D
     from nfcourse.flows.coupling import MASK_KINDS
 
     p.add_argument("--data", required=True, choices=sorted(DATASETS_2D),
                    help="2-D data set (fresh samples every step)")
-    p.add_argument("--model", default="realnvp", choices=sorted(MODEL_BUILDERS))
+    p.add_argument("--model", default="realnvp", choices=TWO_D_MODELS)
     p.add_argument("--layers", type=_positive_int, default=8, help="coupling layers")
     p.add_argument("--hidden", type=_positive_int, default=64, help="hidden units per layer")
     p.add_argument("--masks", default="halves", choices=MASK_KINDS,

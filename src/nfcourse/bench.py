@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import math
 import os
 import platform
@@ -29,7 +30,32 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Timing", "Ratio", "alternate", "ratio", "quartiles", "machine_info",
-           "load_average", "versions"]
+           "load_average", "versions", "PEERS", "require_peers"]
+
+#: The peer libraries the performance appendix compares against, with the versions it was
+#: measured with (the same pins as requirements-peers.txt; tests/test_bench.py checks).
+PEERS: dict[str, str] = {"zuko": "1.6.0", "normflows": "1.7.3", "nflows": "0.14",
+                         "torchcfm": "1.0.7"}
+
+
+def peers_install_line() -> str:
+    """The notebook cell that installs the peers without their dependencies (which would
+    replace the installed torch)."""
+    return "%pip install --no-deps " + " ".join(f"{n}=={v}" for n, v in PEERS.items())
+
+
+def require_peers() -> None:
+    """Fail early, with the cell to run, when a peer library is not installed.
+
+    Raises:
+        ModuleNotFoundError: naming the missing libraries and the install line.
+    """
+    missing = [name for name in PEERS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModuleNotFoundError(
+            f"this page compares nfcourse with peer libraries that are not installed here: "
+            f"{', '.join(missing)}. Run this in a cell above, restart the kernel, and run the "
+            f"page again: {peers_install_line()}")
 
 
 def quartiles(values: Iterable[float]) -> tuple[float, float, float]:

@@ -30,9 +30,30 @@ def setup(seed: int = 0, threads: int = 2) -> Profile:
     os.environ.setdefault("TQDM_DISABLE", "1" if os.environ.get("CI") else "0")
     import matplotlib
 
+    _show_figures_inline()
     matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "figure.figsize": (6, 4),
                                 "axes.grid": True, "grid.alpha": 0.3})
     return active_profile()
+
+
+def _show_figures_inline() -> None:
+    """In a Jupyter kernel, make sure figures are displayed (stored in the notebook).
+
+    A kernel started with ``MPLBACKEND=Agg`` in its environment (a Makefile, a CI runner, a
+    user's shell profile) draws every figure off-screen and displays none: the executed record
+    then has no images at all. Outside a kernel (scripts, tests) the backend is left alone.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # IPython is not needed to use the library
+        return
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return
+    import matplotlib
+
+    if "inline" not in matplotlib.get_backend():
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def banner(profile: Profile) -> str:

@@ -3,51 +3,117 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (nothing pickled
 beyond that, so loading it cannot run code). It records how to rebuild the model
 (``model_spec``: a builder name and its keyword arguments), so ``load_model(path)`` needs no
-other information.
+other information, in any process: every model the book trains has its builder in a static
+table (:data:`BUILTIN_MODELS`) that is resolved by importing the defining module on first use,
+so nothing has to be imported beforehand to fill a registry.
+
+Every checkpoint also stores a SHA-256 digest of all its tensors (names, dtypes, shapes and
+bytes); :func:`load_checkpoint` recomputes it, so a file whose tensor bytes were damaged on
+disk raises :class:`CheckpointError` instead of loading wrong weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from nfcourse.flows.coupling import nice, realnvp
-from nfcourse.model import FlowModel
+from torch import nn
 
 FORMAT = "nfcourse.checkpoint"
 VERSION = 1
+DIGEST_KEY = "tensor_sha256"
 
-# name -> builder(**kwargs) -> FlowModel. Later chapters register their models here so the CLI
-# and load_model can rebuild them.
-MODEL_BUILDERS: dict[str, Callable[..., FlowModel]] = {"realnvp": realnvp, "nice": nice}
+# name -> "module:attribute" of the builder(**kwargs). A static table rather than
+# registrations made when a module is imported: a fresh process that only imports this module
+# can still rebuild every model, and importing the defining module lazily (inside
+# resolve_builder) keeps this module free of import cycles with the models that use it.
+BUILTIN_MODELS: dict[str, str] = {
+    "realnvp": "nfcourse.flows.coupling:realnvp",            # chapter 2, train.py and the CLI
+    "nice": "nfcourse.flows.coupling:nice",
+    "glow": "nfcourse.flows.glow:glow",                      # chapter 3, Glow on digits
+    "glow_2d": "nfcourse.flows.glow:glow_2d",
+    "cnf": "nfcourse.cnf.model:cnf_from_spec",               # chapter 4, CNF / FFJORD
+    "tiny_realnvp": "nfcourse.images:tiny_realnvp",          # chapter 5, MNIST
+    "multiscale_realnvp": "nfcourse.images:multiscale_realnvp",
+    "velocity_mlp": "nfcourse.matching.field:VelocityMLP",   # chapter 6, flow matching
+    "vae": "nfcourse.vae:VAE",                               # chapter 8, a bare VAE
+    "vae_elbo": "nfcourse.vae:elbo_objective",               # chapter 8, what fit() trains
+}
+
+# The models `python -m nfcourse train` builds for 2-D data (its --model choices).
+TWO_D_MODELS: tuple[str, ...] = ("nice", "realnvp")
+
+# Builders added at run time with register_model (user models); the built-in ones are above.
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be used (truncated, corrupt, or not ours)."""
 
 
-def register_model(name: str, builder: Callable[..., FlowModel]) -> None:
-    """Make ``builder`` available to :func:`build_model` under ``name`` (names must be new)."""
-    if name in MODEL_BUILDERS:
+def model_names() -> list[str]:
+    """Every name :func:`build_model` accepts, built-in and registered, sorted."""
+    return sorted({*BUILTIN_MODELS, *MODEL_BUILDERS})
+
+
+def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make ``builder`` available to :func:`build_model` under ``name`` (names must be new).
+
+    Only a process that has called this can load such checkpoints; the book's own models are
+    in :data:`BUILTIN_MODELS` and need no registration.
+    """
+    if name in MODEL_BUILDERS or name in BUILTIN_MODELS:
         raise ValueError(f"a model called {name!r} is already registered.")
     MODEL_BUILDERS[name] = builder
 
 
-def build_model(spec: dict[str, Any]) -> FlowModel:
+def resolve_builder(name: object) -> Callable[..., nn.Module]:
+    """The builder for ``name``: a registered one, or a built-in one imported on demand."""
+    if isinstance(name, str) and name in MODEL_BUILDERS:
+        return MODEL_BUILDERS[name]
+    if not isinstance(name, str) or name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())} "
+                         "(or register_model() your own builder first).")
+    module, attr = BUILTIN_MODELS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
     """Build a model from ``{"name": "realnvp", "kwargs": {"layers": 8, ...}}``."""
-    name = spec.get("name")
-    if name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose one of "
-                         f"{', '.join(sorted(MODEL_BUILDERS))}.")
-    return MODEL_BUILDERS[name](**spec.get("kwargs", {}))
+    return resolve_builder(spec.get("name"))(**spec.get("kwargs", {}))
+
+
+def _tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts/lists/tuples, with a path, in a deterministic order."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=repr):
+            yield from _tensors(value[key], f"{path}/{key!r}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{path}/{i}")
+
+
+def tensor_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 over every tensor in ``payload`` (except the digest entry): path, dtype, shape
+    and raw bytes, so a changed value, a swapped entry or a reshaped tensor all change it."""
+    h = hashlib.sha256()
+    for path, t in _tensors({k: v for k, v in payload.items() if k != DIGEST_KEY}):
+        h.update(f"{path}|{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        if flat.numel():
+            h.update(memoryview(flat.view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Path:
@@ -60,6 +126,7 @@ def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **payload}
+    payload[DIGEST_KEY] = tensor_digest(payload)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -120,19 +187,44 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')}, "
                               f"this nfcourse reads version {VERSION}; retrain with this version.")
+    # torch.load does not check the zip's CRCs, so damaged tensor bytes would load silently;
+    # the digest written by save_checkpoint catches them. Files without one predate it.
+    stored = payload.get(DIGEST_KEY)
+    if stored is not None and stored != tensor_digest(payload):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensors do not match the "
+                              f"SHA-256 digest stored when it was written, so some weights are "
+                              f"damaged. {fix}")
     return payload
 
 
+def _state_dtype(state: dict[str, Any]) -> torch.dtype | None:
+    """The dtype of the first floating-point tensor of a state dict (None if there is none)."""
+    return next((t.dtype for t in state.values()
+                 if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+
+
 def load_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-               ) -> tuple[FlowModel, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint; returns ``(model in eval mode, checkpoint)``."""
+               ) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint; returns ``(model in eval mode, checkpoint)``.
+
+    The model gets the dtype its weights were saved in (a float64 model loads as float64).
+    """
     ckpt = load_checkpoint(path, map_location)
     spec = ckpt.get("model_spec")
     if not spec:
         raise CheckpointError(f"checkpoint {path} does not say how to build its model (no "
                               "model_spec); build the model yourself and load "
                               "checkpoint['model'] with load_state_dict.")
-    model = build_model(spec)
+    try:
+        model = build_model(spec)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model from {spec}: {err}"
+                              ) from err
+    state = ckpt["model"] if isinstance(ckpt.get("model"), dict) else {}
+    dtype = _state_dtype(state)
+    if dtype is not None:
+        # built in the default dtype; cast first so load_state_dict does not round the weights
+        model = model.to(dtype)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, KeyError) as err:

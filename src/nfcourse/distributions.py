@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from nfcourse.flows.base import as_event_shape, sum_except_batch
+from nfcourse.validation import check_count
 
 
 class StandardNormal(nn.Module):
@@ -35,8 +36,7 @@ class StandardNormal(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples of shape ``[n, *event]`` on the module's device and dtype."""
-        if n < 0:
-            raise ValueError(f"number of samples must be >= 0, got {n}")
+        n = check_count(n, "StandardNormal.sample(n)")
         a = self._anchor
         return torch.randn((n, *self.event_shape), generator=generator,
                            device=a.device, dtype=a.dtype)
@@ -66,6 +66,7 @@ class BoxUniform(nn.Module):
         return torch.where(inside, value, torch.full_like(value, -math.inf))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        n = check_count(n, "BoxUniform.sample(n)")
         u = torch.rand((n, *self.event_shape), generator=generator, device=self.low.device,
                        dtype=self.low.dtype)
         return self.low + (self.high - self.low) * u

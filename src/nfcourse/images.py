@@ -39,7 +39,7 @@ from nfcourse.flows.base import Compose, Flow, as_event_shape, sum_except_batch
 from nfcourse.flows.coupling import AffineCoupling, soft_clamp
 from nfcourse.flows.glow import ActNorm, ConvAffineCoupling, Split, conv_net, squeeze2d, unsqueeze2d
 from nfcourse.model import FlowModel
-from nfcourse.validation import check_tensor, module_dtype_device, validation_enabled
+from nfcourse.validation import check_count, module_dtype_device, validation_enabled
 
 LEVELS = 256
 MNIST_SHAPE = (1, 28, 28)
@@ -137,15 +137,10 @@ class Reshape(Flow):
         assert a is not None and b is not None
         if math.prod(a) != math.prod(b):
             raise ValueError(f"Reshape: {a} and {b} hold different numbers of values.")
-        super().__init__(a)
-        self.data_shape = b
-
-    def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = check_tensor(x, self.data_shape, name="Reshape.inverse(x)")
-        return self._inverse(x)
+        super().__init__(a, b)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        return z.reshape(z.shape[0], *self.data_shape), z.new_zeros(z.shape[0])
+        return z.reshape(z.shape[0], *self.data_shape), z.new_zeros(z.shape[0])  # type: ignore
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x.reshape(x.shape[0], *self.event_shape), x.new_zeros(x.shape[0])  # type: ignore
@@ -489,6 +484,7 @@ def sample_images(model: FlowModel, n: int, temperature: float = 1.0,
 
     ``T < 1`` trades diversity for cleaner images (Glow's temperature).
     """
+    n = check_count(n, "sample_images(n)")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     was = model.training
@@ -526,19 +522,6 @@ def interpolate(model: FlowModel, a: Tensor, b: Tensor, steps: int = 8) -> Tenso
     finally:
         model.train(was)
     return y.clamp(0, 1)
-
-
-def _register() -> None:
-    """Make both models loadable by ``nfcourse.checkpoint.build_model`` / ``load_model``."""
-    from nfcourse.checkpoint import MODEL_BUILDERS, register_model
-
-    for name, builder in (("tiny_realnvp", tiny_realnvp),
-                          ("multiscale_realnvp", multiscale_realnvp)):
-        if name not in MODEL_BUILDERS:
-            register_model(name, builder)
-
-
-_register()
 
 
 def image_grid(images: Tensor, nrow: int, ax=None, title: str | None = None, pad: int = 1):

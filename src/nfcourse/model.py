@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from nfcourse.distributions import StandardNormal
 from nfcourse.flows.base import Flow
+from nfcourse.validation import check_count
 
 
 class FlowModel(nn.Module):
@@ -44,12 +45,14 @@ class FlowModel(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples ``[n, *event]``, on the model's device and dtype."""
+        n = check_count(n, f"{type(self).__name__}.sample(n)")
         z = self.base.sample(n, generator=generator)  # type: ignore[operator]
         return self.flow._forward(z)[0]
 
     def sample_and_log_prob(self, n: int, generator: torch.Generator | None = None
                             ) -> tuple[Tensor, Tensor]:
         """Samples and their log-density in one pass (no inverse needed)."""
+        n = check_count(n, f"{type(self).__name__}.sample_and_log_prob(n)")
         z = self.base.sample(n, generator=generator)  # type: ignore[operator]
         x, logdet = self.flow._forward(z)
         return x, self.base.log_prob(z) - logdet  # type: ignore[operator]

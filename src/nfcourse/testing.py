@@ -2,7 +2,8 @@
 
 It checks, in float64 on a copy of the flow:
 
-1. shapes: outputs keep the input's shape, ``logdet`` has shape ``[B]``;
+1. shapes: outputs keep the input's shape (or map it to the declared ``data_shape``),
+   ``logdet`` has shape ``[B]``;
 2. round trip: ``inverse(forward(z)) == z`` and ``forward(inverse(x)) == x``;
 3. consistency: forward and inverse log-dets sum to zero;
 4. truth: each log-det equals ``log|det J|`` of the Jacobian that autograd computes by brute
@@ -79,9 +80,12 @@ def check_flow(flow: Flow, z: Tensor, *, atol: float = 1e-6, rtol: float = 1e-6,
         return float(err.max()) if err.numel() else 0.0
 
     x, ld_f = f.forward(z)
-    if x.shape != z.shape:
-        raise AssertionError(f"check_flow: forward changed the shape {list(z.shape)} -> "
-                             f"{list(x.shape)}")
+    # A flow keeps the shape unless it declares a different data side (a reshape).
+    expected = (z.shape[0], *f.data_shape) if f.data_shape is not None and \
+        f.data_shape != f.event_shape else tuple(z.shape)
+    if tuple(x.shape) != tuple(expected):
+        raise AssertionError(f"check_flow: forward mapped the shape {list(z.shape)} to "
+                             f"{list(x.shape)}, expected {list(expected)}")
     if ld_f.shape != (z.shape[0],):
         raise AssertionError(f"check_flow: forward logdet has shape {list(ld_f.shape)}, "
                              f"expected [{z.shape[0]}]")

@@ -301,7 +301,7 @@ def fit(model: nn.Module, data: Tensor | Sampler, config: TrainConfig | None = N
             if step == config.steps or history.stopped_early:
                 history.finished = True
                 if config.restore_best and best_state is not None:
-                    model.load_state_dict(best_state)
+                    _restore_weights(model, best_state)
             elif config.checkpoint_every and step % config.checkpoint_every == 0:
                 history.wall_time += time.perf_counter() - started
                 started = time.perf_counter()
@@ -311,6 +311,15 @@ def fit(model: nn.Module, data: Tensor | Sampler, config: TrainConfig | None = N
     history.wall_time += time.perf_counter() - started
     save()
     return history
+
+
+def _restore_weights(model: nn.Module, state: dict[str, Any]) -> None:
+    """Load the best weights from ``state`` but keep counters a module keeps as extra state
+    (e.g. the KL warm-up of ``ELBOObjective``) at their current values: restoring the best
+    weights does not rewind how many steps were taken."""
+    current = model.state_dict()
+    extra = {k: v for k, v in current.items() if k.endswith("_extra_state")}
+    model.load_state_dict({**state, **extra})
 
 
 def _check_same_config(ckpt: dict[str, Any], config: TrainConfig,

@@ -196,6 +196,14 @@ class ELBOObjective(nn.Module):
                              f"got {kl_warmup!r}.")
         self.vae, self.kl_warmup, self.calls = vae, kl_warmup, 0
 
+    # The warm-up counter is training state: it travels in state_dict() (as "_extra_state"),
+    # so a run resumed from a checkpoint continues the KL schedule where it stopped.
+    def get_extra_state(self) -> dict[str, int]:
+        return {"calls": int(self.calls)}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.calls = int(state["calls"])
+
     @property
     def event_shape(self) -> tuple[int, ...]:
         return self.vae.event_shape
@@ -211,6 +219,16 @@ class ELBOObjective(nn.Module):
             if self.kl_warmup:
                 beta = min(1.0, self.calls / self.kl_warmup)
         return -(recon - beta * kl).mean()
+
+
+def elbo_objective(features: int = 2, latent: int = 2, hidden: int = 64, depth: int = 2, *,
+                   log_var_bound: float = 9.0, zero_last: bool = False,
+                   kl_warmup: int = 0) -> ELBOObjective:
+    """A new :class:`VAE` wrapped in :class:`ELBOObjective`: the checkpoint builder
+    ``"vae_elbo"``, i.e. ``fit(elbo_objective(...), ..., model_spec={"name": "vae_elbo",
+    "kwargs": ...})`` can be reloaded with :func:`nfcourse.checkpoint.load_model`."""
+    vae = VAE(features, latent, hidden, depth, log_var_bound=log_var_bound, zero_last=zero_last)
+    return ELBOObjective(vae, kl_warmup)
 
 
 @dataclass(frozen=True)

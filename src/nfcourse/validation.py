@@ -9,6 +9,7 @@ user, ``FlowModel.log_prob`` ...); layers inside a composition are not re-checke
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -74,6 +75,26 @@ def check_tensor(
         raise ValueError(f"{name}: contains {bad} non-finite value(s) (NaN or inf). "
                          "Clean or drop those samples before calling the flow.")
     return x
+
+
+def check_count(n: object, name: str = "n", what: str = "number of samples") -> int:
+    """Require a count: a non-negative Python or NumPy/torch integer, not a bool or a float.
+
+    Always checked (even with validation off): it costs nothing, and a float or string that
+    reached torch would fail deep inside with a message about sizes instead of about ``n``.
+    """
+    if isinstance(n, bool) or (isinstance(n, torch.Tensor) and n.dtype == torch.bool):
+        raise TypeError(f"{name}: expected an int ({what}), got the bool {n!r}; pass e.g. "
+                        f"{name}=1000.")
+    try:
+        value = operator.index(n)  # accepts int, numpy and 0-d torch integers; refuses floats
+    except TypeError:
+        hint = f" Use {name}=int({n!r})." if isinstance(n, float) and n.is_integer() else ""
+        raise TypeError(f"{name}: expected an int ({what}), got {type(n).__name__} {n!r}."
+                        f"{hint}") from None
+    if value < 0:
+        raise ValueError(f"{name}: {what} must be >= 0, got {value}.")
+    return value
 
 
 def module_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype | None, torch.device | None]:

@@ -20,7 +20,9 @@ evaluation solvers are separate settings, picked by ``module.training``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +33,7 @@ from nfcourse.cnf.solvers import SolverSpec, solve
 from nfcourse.distributions import StandardNormal
 from nfcourse.flows.base import Flow
 from nfcourse.model import FlowModel
+from nfcourse.validation import check_count
 
 DIVERGENCES = ("exact", "gaussian", "rademacher")
 _ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
@@ -281,6 +284,18 @@ class CNF(FlowModel):
         super().__init__(flow, StandardNormal(dim))
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
         self.last_regularizers = (0.0, 0.0)
+        self._spec_kwargs: dict[str, Any] = {
+            "dim": dim, "hidden": hidden, "layers": layers, "activation": activation,
+            "T": float(T), "train_divergence": train_divergence,
+            "eval_divergence": eval_divergence, "kinetic": float(kinetic),
+            "jacobian": float(jacobian)}
+
+    def model_spec(self) -> dict[str, Any]:
+        """``{"name": "cnf", "kwargs": ...}`` for ``fit(model_spec=...)``: rebuilds this model
+        (solvers as plain dicts, so the checkpoint stays loadable with ``weights_only``)."""
+        solvers = {"train_solver": dataclasses.asdict(self.cflow.train_solver),
+                   "eval_solver": dataclasses.asdict(self.cflow.eval_solver)}
+        return {"name": "cnf", "kwargs": {**self._spec_kwargs, **solvers}}
 
     @property
     def cflow(self) -> ContinuousFlow:
@@ -299,5 +314,17 @@ class CNF(FlowModel):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples ``[n, D]`` (noise -> data; no divergence is computed)."""
+        n = check_count(n, "CNF.sample(n)")
         z = self.base.sample(n, generator=generator)  # type: ignore[operator]
         return self.cflow.transport(z, to_data=True)
+
+
+def cnf_from_spec(*, train_solver: SolverSpec | dict[str, Any] | None = None,
+                  eval_solver: SolverSpec | dict[str, Any] | None = None,
+                  **kwargs: Any) -> CNF:
+    """Build a :class:`CNF` from :meth:`CNF.model_spec` keyword arguments (the checkpoint
+    builder ``"cnf"``): solver specs may be given as the dicts a checkpoint stores."""
+    def as_spec(value: SolverSpec | dict[str, Any] | None) -> SolverSpec | None:
+        return SolverSpec(**value) if isinstance(value, dict) else value
+
+    return CNF(train_solver=as_spec(train_solver), eval_solver=as_spec(eval_solver), **kwargs)

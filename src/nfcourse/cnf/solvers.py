@@ -177,8 +177,9 @@ def solve(f: VectorField, y0: State, t0: float, t1: float, spec: SolverSpec | No
     spec = spec or SolverSpec()
     if not (math.isfinite(t0) and math.isfinite(t1)):
         raise ValueError(f"solve: t0 and t1 must be finite, got {t0}, {t1}.")
-    _as_tuple(y0)
-    if t0 == t1:
+    parts, _ = _as_tuple(y0)
+    if t0 == t1 or all(v.numel() == 0 for v in parts):
+        # nothing moves; an empty batch would otherwise drive the adaptive step size to 0
         return y0
     if not spec.adaptive and spec.backend == "nfcourse":
         return fixed_step_solve(f, y0, t0, t1, spec.steps, spec.method)

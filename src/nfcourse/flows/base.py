@@ -12,6 +12,7 @@ is one line: ``log p(x) = log p_Z(z) + logdet_inverse``. Subclasses implement ``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -32,8 +33,9 @@ def as_event_shape(event_shape: int | Sequence[int] | None) -> EventShape | None
 
 
 def sum_except_batch(t: Tensor) -> Tensor:
-    """Sum over every dimension but the first: ``[B, ...] -> [B]``."""
-    return t.reshape(t.shape[0], -1).sum(dim=1)
+    """Sum over every dimension but the first: ``[B, ...] -> [B]`` (``B = 0`` included)."""
+    # an explicit size, not -1: reshape cannot infer -1 from an empty batch
+    return t.reshape(t.shape[0], math.prod(t.shape[1:])).sum(dim=1)
 
 
 class Flow(nn.Module):
@@ -42,20 +44,25 @@ class Flow(nn.Module):
     Args:
         event_shape: shape of one sample (``(D,)`` for vectors, ``(C, H, W)`` for images), used
             to validate inputs; ``None`` skips the shape check.
+        data_shape: shape of one sample on the data side, for the rare flow that changes the
+            shape (a reshape); defaults to ``event_shape``, the latent side's shape.
     """
 
-    def __init__(self, event_shape: int | Sequence[int] | None = None) -> None:
+    def __init__(self, event_shape: int | Sequence[int] | None = None,
+                 data_shape: int | Sequence[int] | None = None) -> None:
         super().__init__()
         self.event_shape: EventShape | None = as_event_shape(event_shape)
+        self.data_shape: EventShape | None = (self.event_shape if data_shape is None
+                                              else as_event_shape(data_shape))
 
     # Public API -------------------------------------------------------------------------
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Latent to data. ``z: [B, *event]`` -> ``(x: [B, *event], logdet: [B])``."""
+        """Latent to data. ``z: [B, *event]`` -> ``(x: [B, *data], logdet: [B])``."""
         return self._forward(self._validate(z, "forward", "z"))
 
     def inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Data to latent. ``x: [B, *event]`` -> ``(z: [B, *event], logdet: [B])``."""
-        return self._inverse(self._validate(x, "inverse", "x"))
+        """Data to latent. ``x: [B, *data]`` -> ``(z: [B, *event], logdet: [B])``."""
+        return self._inverse(self._validate(x, "inverse", "x", self.data_shape))
 
     # To implement -----------------------------------------------------------------------
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,9 +72,12 @@ class Flow(nn.Module):
         raise NotImplementedError(
             f"{type(self).__name__} has no inverse; see its docstring for why.")
 
-    def _validate(self, t: Tensor, direction: str, name: str) -> Tensor:
+    def _validate(self, t: Tensor, direction: str, name: str,
+                  shape: EventShape | None = None) -> Tensor:
+        """Check ``t`` against ``shape`` (default: ``event_shape``) and the module's dtype."""
         dtype, device = module_dtype_device(self)
-        return check_tensor(t, self.event_shape, name=f"{type(self).__name__}.{direction}({name})",
+        return check_tensor(t, self.event_shape if shape is None else shape,
+                            name=f"{type(self).__name__}.{direction}({name})",
                             dtype=dtype, device=device)
 
 
@@ -87,7 +97,10 @@ class Compose(Flow):
         shape = as_event_shape(event_shape)
         if shape is None:
             shape = next((f.event_shape for f in flows if f.event_shape is not None), None)
-        super().__init__(shape)
+        # The data side is what the last layer with a known shape produces (the same as the
+        # latent side unless a layer reshapes).
+        data = next((f.data_shape for f in reversed(flows) if f.data_shape is not None), shape)
+        super().__init__(shape, data)
         self.flows = nn.ModuleList(flows)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,10 +133,16 @@ class Compose(Flow):
 
 
 class Inverse(Flow):
-    """Swap the two directions of a flow: ``Inverse(f).forward == f.inverse``."""
+    """Swap the two directions of a flow: ``Inverse(f).forward == f.inverse``.
+
+    The two sides swap too: ``Inverse(f)``'s latent side is ``f``'s data side, so a flow that
+    changes the shape (a reshape) is validated against the right shape in each direction.
+    """
 
     def __init__(self, flow: Flow) -> None:
-        super().__init__(flow.event_shape)
+        if not isinstance(flow, Flow):
+            raise TypeError(f"Inverse: expected a Flow, got {type(flow).__name__}.")
+        super().__init__(flow.data_shape, flow.event_shape)
         self.flow = flow
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:

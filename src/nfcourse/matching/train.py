@@ -16,9 +16,11 @@ held-out NLL, while this is a regression with fresh noise, times and pairs at ev
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field as dc_field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +59,9 @@ def train_cfm(field: nn.Module, path: GaussianPath,
               ot_block: int | None = None, steps: int = 2000,
               batch_size: int = 256, lr: float = 2e-3,
               generator: torch.Generator | None = None, ema: float | None = 0.999,
-              batch_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+              batch_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+              checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
+              stop_at: int | None = None, model_spec: dict[str, Any] | None = None
               ) -> CFMHistory:
     """Fit ``field`` by conditional flow matching; Adam with a cosine-decayed learning rate.
 
@@ -75,6 +79,12 @@ def train_cfm(field: nn.Module, path: GaussianPath,
             regression's random targets leave in the weights.
         batch_loss: replaces :func:`cfm_loss` by ``batch_loss(x0, x1, t)`` (the lecture's
             variant uses this); ``path`` is then unused.
+        checkpoint, resume, stop_at, model_spec: as in :func:`nfcourse.train.fit`: the file
+            holds the field, optimiser, schedule, generator state, EMA weights and losses, so
+            pausing at ``stop_at`` and resuming gives bit-for-bit the weights of one run. With
+            ``model_spec`` (e.g. ``{"name": "velocity_mlp", "kwargs": {...}}``) the finished
+            field loads with :func:`nfcourse.checkpoint.load_model`. Other arguments must be
+            the same when resuming (only the step count and ``ema`` are checked).
     """
     if coupling not in COUPLINGS:
         raise ValueError(f"train_cfm: unknown coupling {coupling!r}; choose one of "
@@ -107,9 +117,39 @@ def train_cfm(field: nn.Module, path: GaussianPath,
     hist = CFMHistory()
     params = [p for p in field.parameters() if p.requires_grad]
     avg = [p.detach().clone() for p in params] if ema is not None else []
+    if resume:
+        from nfcourse.checkpoint import load_checkpoint
+
+        if checkpoint is None:
+            raise ValueError("train_cfm(resume=True) needs checkpoint= (the file to resume).")
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get("cfm") != {"steps": steps, "ema": ema}:
+            raise ValueError(f"cannot resume from {checkpoint}: it was trained with "
+                             f"{ckpt.get('cfm')}, not steps={steps}, ema={ema}; resume with "
+                             "the same arguments or start a new run (resume=False).")
+        field.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        g.set_state(ckpt["rng"])
+        for a, saved in zip(avg, ckpt["ema_weights"]):
+            a.copy_(saved)
+        hist.losses, hist.seconds = list(ckpt["losses"]), float(ckpt["seconds"])
+    last = steps if stop_at is None else min(stop_at, steps)
+
+    def save() -> None:
+        if checkpoint is None:
+            return
+        from nfcourse.checkpoint import save_checkpoint
+
+        save_checkpoint(checkpoint, {
+            "model_spec": model_spec, "model": field.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": g.get_state(), "ema_weights": avg,
+            "losses": hist.losses, "seconds": hist.seconds,
+            "cfm": {"steps": steps, "ema": ema}})
+
     start = time.perf_counter()
     field.train()
-    for _ in range(steps):
+    while len(hist.losses) < last:
         if fixed:
             idx = torch.randint(0, px0.shape[0], (batch_size,), generator=g)
             x0, x1 = px0[idx], px1[idx]
@@ -129,12 +169,14 @@ def train_cfm(field: nn.Module, path: GaussianPath,
                 d = min(ema, 1.0 - 10.0 / (len(hist.losses) + 10))
                 torch._foreach_lerp_(avg, [p.detach() for p in params], 1.0 - d)
         hist.losses.append(float(loss.detach()))
-    if ema is not None:
+    finished = len(hist.losses) == steps
+    if ema is not None and finished:  # a paused run keeps the iterate; the average is saved
         with torch.no_grad():
             for p, a in zip(params, avg):
                 p.copy_(a)
     field.eval()
-    hist.seconds = time.perf_counter() - start
-    if not math.isfinite(hist.losses[-1]):
+    hist.seconds += time.perf_counter() - start
+    save()
+    if hist.losses and not math.isfinite(hist.losses[-1]):
         raise RuntimeError("train_cfm: the loss is not finite; lower lr.")
     return hist
