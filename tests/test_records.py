@@ -148,3 +148,23 @@ def test_the_execution_page_follows_the_records() -> None:
     for md in notebooks.sources():
         assert f"chapters/{md.stem}" in text
     assert (ROOT / "execution.md").read_text(encoding="utf-8") == text
+
+
+def test_the_execution_page_warns_when_a_chapter_is_over_budget(tmp_path: Path,
+                                                                monkeypatch) -> None:
+    md = tmp_path / "02-coupling-flows.md"
+    md.write_text(SOURCE)
+    _write_record(md)
+    rec = md.with_suffix(".ipynb")
+    nb = nbformat.read(rec, as_version=4)
+    budget = notebooks.BUDGET_S["02-coupling-flows"]["ci"]
+    nb.metadata["nfcourse"] = {"execution_seconds": budget + 1.0, "cpu_seconds": 1.0,
+                               "profile": "ci", "device": "cpu", "date": "2026-12-01",
+                               "load_average": [8.0, 9.0], "machine": "test"}
+    nbformat.write(nb, rec)
+    monkeypatch.setattr(notebooks, "CHAPTERS", tmp_path)
+    text = notebooks.report()
+    assert "(over budget)" in text and "```{warning}" in text
+    nb.metadata["nfcourse"]["execution_seconds"] = budget - 1.0
+    nbformat.write(nb, rec)
+    assert "within its budget" in notebooks.report()

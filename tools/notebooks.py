@@ -195,9 +195,11 @@ def report() -> str:
         "kernel's (user + system); the load average is the machine's 1-minute average at the "
         "start and at the end of the run.", "",
         "| chapter | profile | device | executed on | wall time (s) | budget (s) | CPU time (s) "
-        "| load average | machine |",
-        "|---|---|---|---|---|---|---|---|---|"]
-    over = []
+        "| load average |",
+        "|---|---|---|---|---|---|---|---|"]
+    over: list[str] = []
+    machines: set[str] = set()
+    total_wall = total_cpu = 0.0
     for md in sources():
         rec = record_of(md)
         if not rec.exists():
@@ -211,15 +213,18 @@ def report() -> str:
             status = " (over budget)"
             over.append(f"{name}: {wall:.0f} s against {budget} s")
         load = meta.get("load_average")
+        machines.add(str(meta.get("machine", "an unrecorded machine")))
+        total_wall += float(wall or 0.0)
+        total_cpu += float(meta.get("cpu_seconds", 0.0))
         cells = [f"{{doc}}`chapters/{name}`", f"`{profile}`", str(meta.get("device", "?")),
                  str(meta.get("date", "?")),
                  "?" if wall is None else f"{wall:.1f}{status}",
                  "—" if budget is None else str(budget),
                  str(meta.get("cpu_seconds", "?")),
-                 "?" if not load else f"{load[0]:.2f} → {load[1]:.2f}",
-                 str(meta.get("machine", "?"))]
+                 "?" if not load else f"{load[0]:.2f} → {load[1]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    lines += ["", f"In all: {total_wall:.0f} s of wall time and {total_cpu:.0f} s of CPU time, "
+              f"on {'; '.join(sorted(machines))}.", ""]
     if over:
         lines += ["```{warning}", "Over budget on this execution: " + "; ".join(over) + ". A "
                   "busy machine (see the load average) explains a small excess; a large one "
