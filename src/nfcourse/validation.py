@@ -89,7 +89,8 @@ def check_count(n: object, name: str = "n", what: str = "number of samples") -> 
     try:
         value = operator.index(n)  # accepts int, numpy and 0-d torch integers; refuses floats
     except TypeError:
-        hint = f" Use {name}=int({n!r})." if isinstance(n, float) and n.is_integer() else ""
+        hint = (f" Pass int({n!r}) = {int(n)} instead." if isinstance(n, float)
+                and n.is_integer() else "")
         raise TypeError(f"{name}: expected an int ({what}), got {type(n).__name__} {n!r}."
                         f"{hint}") from None
     if value < 0:
