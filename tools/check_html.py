@@ -38,11 +38,13 @@ def record_figures(page: str) -> int | None:
         return None
     import nbformat
 
+    sys.path.insert(0, str(ROOT / "tools"))
+    from notebooks import has_image
+
     nb = nbformat.read(rec, as_version=4)
     return sum(1 for c in nb.cells if c.cell_type == "code"
                and not _HIDDEN & set(c.get("metadata", {}).get("tags", []))
-               for o in c.get("outputs", []) if any(k.startswith("image/") for k in
-                                                    o.get("data", {})))
+               for o in c.get("outputs", []) if has_image(o))
 
 
 def page_figures(html: str) -> int:

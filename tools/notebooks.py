@@ -108,9 +108,13 @@ def draws(cell: nbformat.NotebookNode) -> bool:
             and _DRAWS.search(cell.source) is not None)
 
 
+def has_image(output: nbformat.NotebookNode) -> bool:
+    """Whether one cell output is a figure."""
+    return any(key.startswith("image/") for key in output.get("data", {}))
+
+
 def _has_image(cell: nbformat.NotebookNode) -> bool:
-    return any(key.startswith("image/") for out in cell.get("outputs", [])
-               for key in out.get("data", {}))
+    return any(has_image(out) for out in cell.get("outputs", []))
 
 
 def missing_figures(rec: Path) -> list[int]:
