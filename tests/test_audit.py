@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from myst_nb.ext.glue import glue  # noqa: F401  (the real glue must exist: its format is read)
 
-from nfcourse import audit
+from nfcourse.book import audit
 
 ROOT = Path(__file__).resolve().parent.parent
 

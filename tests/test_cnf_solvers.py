@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from nfcourse.cnf.solvers import (FIXED_ORDERS, FIXED_STAGES, SolverSpec, convergence_order,
+from nfcourse.ode.solvers import (FIXED_ORDERS, FIXED_STAGES, SolverSpec, convergence_order,
                                   fixed_step_solve, solve)
 
 

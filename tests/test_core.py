@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nfcourse as nf
-from nfcourse.flows.base import Flow
-from nfcourse.testing import autograd_logdet
+from nfcourse.core.flow import Flow
+from nfcourse.core.testing import autograd_logdet
 
 
 def _points_for(flow: Flow, batch: int, g: torch.Generator) -> torch.Tensor:

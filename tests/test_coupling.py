@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from nfcourse import check_flow
-from nfcourse.flows import (AdditiveCoupling, AffineCoupling, Compose, DiagonalScaling,
-                            coupling_masks, never_transformed, nice, realnvp)
+from nfcourse.core import Compose
+from nfcourse.flows import (AdditiveCoupling, AffineCoupling, DiagonalScaling, coupling_masks,
+                            never_transformed)
+from nfcourse.models import nice, realnvp
 from nfcourse.flows.coupling import MASK_KINDS, soft_clamp
 
 

@@ -7,8 +7,9 @@ import torch
 
 from nfcourse import check_flow
 from nfcourse.flows.glow import (ActNorm, ConvAffineCoupling, GlowLevel, GlowStep,
-                                 InvertibleConv1x1, InvertibleLinear, Split, glow, glow_2d,
-                                 initialize_actnorms, squeeze2d, unsqueeze2d)
+                                 InvertibleConv1x1, InvertibleLinear, Split, initialize_actnorms,
+                                 squeeze2d, unsqueeze2d)
+from nfcourse.models import glow, glow_2d
 
 
 def _randomise(module: torch.nn.Module, gen: torch.Generator, scale: float = 0.3) -> None:

@@ -8,8 +8,9 @@ import torch
 from nfcourse.data.digits import (LEVELS, DequantizedSampler, bits_per_dim, dequantize,
                                   digits_split, held_out_bits_per_dim, load_digit_levels,
                                   to_levels)
-from nfcourse.flows.glow import glow, initialize_actnorms
-from nfcourse.train import TrainConfig, fit
+from nfcourse.flows.glow import initialize_actnorms
+from nfcourse.models import glow
+from nfcourse.training.engine import TrainConfig, fit
 
 
 def test_digits_have_17_levels_and_the_documented_shape():

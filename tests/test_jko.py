@@ -9,9 +9,9 @@ from scipy.optimize import minimize
 
 from nfcourse.jko import (JKOConfig, affine_map, banana_target, coupling_map, flow_jko,
                           gaussian_jko_path, gaussian_jko_step, gaussian_start, gaussian_target,
-                          jko_step_1d, kl_gaussian, langevin, ou_1d, ou_solution, w2_gaussian,
-                          w2_samples)
+                          jko_step_1d, kl_gaussian, langevin, ou_1d, ou_solution, w2_gaussian)
 from nfcourse.jko.targets import Target
+from nfcourse.metrics.distances import w2
 
 F64 = torch.float64
 
@@ -238,11 +238,11 @@ def test_mala_removes_the_ula_bias_at_a_large_step():
     assert 0.3 < mala.acceptance < 1.0
 
 
-def test_w2_samples_of_a_translation_is_its_length():
+def test_w2_of_a_translation_is_its_length():
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     shift = torch.tensor([0.3, -0.4], dtype=F64)
-    assert abs(w2_samples(x, x + shift) - 0.5) < 1e-9
-    assert w2_samples(x, x[torch.randperm(300)]) < 1e-6  # sqrt of round-off
+    assert abs(w2(x, x + shift) - 0.5) < 1e-9
+    assert w2(x, x[torch.randperm(300)]) < 1e-6  # sqrt of round-off
 
 
 # --------------------------------------------------------------------------- bad input
@@ -272,7 +272,7 @@ def test_w2_samples_of_a_translation_is_its_length():
     (lambda: langevin(banana_target(), torch.zeros(4, 3), 0.01, 5), "shape"),
     (lambda: langevin(banana_target(), torch.zeros(4, 2), 0.0, 5), "step_size"),
     (lambda: Target("no sampler", 1, lambda x: x[:, 0] ** 2, 0.0).sample(3), "exact sampler"),
-    (lambda: w2_samples(torch.zeros(3, 2), torch.zeros(3, 3)), "dimensions differ"),
+    (lambda: w2(torch.zeros(3, 2), torch.zeros(3, 3)), "dimensions differ"),
     (lambda: gaussian_jko_path([0.0], [[1.0]], 0.1, -1, [0.0], [[1.0]]), "steps"),
     (lambda: flow_jko(gaussian_start([0.0, 0.0], [1.0, 1.0]), banana_target(),
                       JKOConfig(tau=0.1), 1, lambda: torch.nn.Linear(2, 2)), "must return a Flow"),

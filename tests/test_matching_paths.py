@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from nfcourse.book.lecture import lecture_path, lecture_path_velocity, lecture_target
 from nfcourse.matching import (GaussianMixture, LinearPath, StraightPath, VPPath, cfm_loss,
-                               gaussian_1d_velocity, lecture_path, lecture_path_velocity,
-                               lecture_target)
+                               gaussian_1d_velocity)
 
 F64 = torch.float64
 PATHS = [LinearPath(0.05), LinearPath(0.0), StraightPath(), VPPath()]

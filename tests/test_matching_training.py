@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from nfcourse.matching import (StraightPath, VelocityMLP, density_model, endpoint_error,
-                               gaussian_1d_velocity, independent_coupling, integrate, mmd2,
-                               ot_assignment, ot_coupling, pair, reflow_pairs, sample, solver,
-                               straightness, train_cfm, trajectory, transport_cost, w2)
+from nfcourse.matching import (StraightPath, density_model, gaussian_1d_velocity,
+                               independent_coupling, integrate, ot_assignment, ot_coupling, pair,
+                               reflow_pairs, sample, solver, train_cfm, trajectory, transport_cost)
+from nfcourse.metrics.distances import endpoint_error, mmd2, straightness, w2
+from nfcourse.nn import VelocityMLP
 
 F64 = torch.float64
 

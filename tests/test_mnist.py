@@ -13,15 +13,16 @@ import torch.nn.functional as F
 
 from nfcourse import check_flow
 from nfcourse.data import mnist as M
-from nfcourse.distributions import StandardNormal
+from nfcourse.core.distributions import StandardNormal
 from nfcourse.flows.glow import initialize_actnorms
-from nfcourse.images import (CheckerboardCoupling, FlipChannels, LogitTransform,
-                             MultiScaleLevel, Reshape, UniformDequantizer,
-                             VariationalDequantizer, bits_per_dim, checkerboard_mask, dequantize,
-                             evaluate_bits_per_dim, image_nll, independent_pixel_bits,
-                             interpolate, multiscale_realnvp, sample_images, tiny_realnvp,
-                             to_pixels)
-from nfcourse.model import FlowModel
+from nfcourse.data.images import UniformDequantizer, independent_pixel_bits, to_pixels
+from nfcourse.flows.images import (CheckerboardCoupling, FlipChannels, LogitTransform,
+                                   MultiScaleLevel, Reshape, VariationalDequantizer,
+                                   checkerboard_mask, dequantize, evaluate_bits_per_dim, image_nll,
+                                   interpolate, sample_images)
+from nfcourse.data.images import bits_per_dim
+from nfcourse.models import multiscale_realnvp, tiny_realnvp
+from nfcourse.core.model import FlowModel
 
 REAL_DIR = os.environ.get("NFCOURSE_MNIST_DIR")
 HAVE_REAL = bool(REAL_DIR) and Path(REAL_DIR, "t10k-images-idx3-ubyte.gz").exists()

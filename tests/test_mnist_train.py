@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from nfcourse.__main__ import main
+from nfcourse.cli import main
 from nfcourse.book import seed_everything
 from nfcourse.data import mnist as M
-from nfcourse.images import multiscale_realnvp
-from nfcourse.train import TrainConfig
-from nfcourse.train_images import load_image_model, train_images
+from nfcourse.models import multiscale_realnvp
+from nfcourse.training.engine import TrainConfig
+from nfcourse.training.images import load_image_model, train_images
 
 REAL_DIR = os.environ.get("NFCOURSE_MNIST_DIR")
 HAVE_REAL = bool(REAL_DIR) and Path(REAL_DIR, "t10k-images-idx3-ubyte.gz").exists()
@@ -25,9 +25,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 RUN = textwrap.dedent("""
     import torch
     from nfcourse.book import seed_everything
-    from nfcourse.images import VariationalDequantizer, multiscale_realnvp
-    from nfcourse.train import TrainConfig
-    from nfcourse.train_images import train_images
+    from nfcourse.flows.images import VariationalDequantizer
+    from nfcourse.models import multiscale_realnvp
+    from nfcourse.training.engine import TrainConfig
+    from nfcourse.training.images import train_images
 
     def run(batch_size=8, steps=3):
         torch.set_num_threads(1)

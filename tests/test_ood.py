@@ -1,11 +1,11 @@
-"""Tests of nfcourse.ood: percentile threshold, metrics, AUROC against scikit-learn, bootstrap."""
+"""Tests of nfcourse.metrics.ood: percentile threshold, metrics, AUROC against scikit-learn, bootstrap."""
 
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from nfcourse import ood
+from nfcourse.metrics import ood
 
 
 def _sklearn_auroc(a: np.ndarray, b: np.ndarray) -> float:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from nfcourse.book import seed_everything
-from nfcourse.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from nfcourse.training.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from nfcourse.data import two_moons
-from nfcourse.flows import realnvp
-from nfcourse.train import CosineWithWarmup, TrainConfig, evaluate_nll, fit, progress_disabled
+from nfcourse.models import realnvp
+from nfcourse.training.engine import CosineWithWarmup, TrainConfig, evaluate_nll, fit, progress_disabled
 
 SMALL = TrainConfig(steps=40, batch_size=128, eval_every=10, eval_size=1024, warmup=5)
 

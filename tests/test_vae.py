@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from nfcourse.train import TrainConfig, fit
+from nfcourse.training.engine import TrainConfig, fit
 from nfcourse.vae import VAE, ELBOObjective, bound_curve
 
 D, L = 3, 2

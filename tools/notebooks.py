@@ -23,7 +23,7 @@ Each execution stores in the record's metadata what the page "How this book was 
 load average and machine. Budgets are reported there, never asserted in a chapter.
 
 ``execute`` also rewrites the results snapshot that ships with the package
-(``src/nfcourse/book_results.json``: every glued value the lecture audit reads), so that the
+(``src/nfcourse/book/book_results.json``: every glued value the lecture audit reads), so that the
 audit chapter runs when a reader downloads it alone; ``check`` fails when it is out of date.
 """
 
@@ -126,7 +126,7 @@ def missing_figures(rec: Path) -> list[int]:
 def _stale_inputs(rec: Path) -> str | None:
     """A record that reads other chapters' results (the lecture audit) glues the fingerprint
     of what it read as ``audit_inputs``; it is stale when those results have changed since."""
-    from nfcourse.audit import inputs_fingerprint, read_glue
+    from nfcourse.book.audit import inputs_fingerprint, read_glue
 
     recorded = read_glue(rec).get("audit_inputs")
     if recorded is None:
@@ -240,7 +240,7 @@ def report() -> str:
 
 def _write_generated() -> None:
     """The files made from the records: the execution page and the audit's snapshot."""
-    from nfcourse.audit import AuditError, write_snapshot
+    from nfcourse.book.audit import AuditError, write_snapshot
 
     REPORT.write_text(report(), encoding="utf-8")
     print(f"wrote {REPORT.relative_to(ROOT)}")
@@ -252,7 +252,7 @@ def _write_generated() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["check", "stale", "execute", "report"])
+    parser.add_argument("command", choices=["check", "stale", "execute", "report", "results"])
     parser.add_argument("files", nargs="*", type=Path)
     args = parser.parse_args(argv)
     chosen = [f.resolve() for f in args.files] or sources()
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_generated()
         return 0
     if args.command == "results":
-        from nfcourse.audit import write_snapshot
+        from nfcourse.book.audit import write_snapshot
 
         print(f"wrote {write_snapshot(CHAPTERS)}")
         return 0
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         for offence in found:
             print(f"TIMING ASSERT {md.relative_to(ROOT)}: {offence}. Report timings (glue, "
                   "the execution page); compare speeds in the performance appendix's harness.")
-    from nfcourse.audit import snapshot_problem
+    from nfcourse.book.audit import snapshot_problem
 
     snapshot = snapshot_problem(CHAPTERS)
     if snapshot:

@@ -15,7 +15,7 @@ Large ``k`` is computed in chunks of points and samples (at most ``max_elements`
 in memory at once), combining the chunks with a running log-sum-exp, so ``k = 1000`` on tens
 of thousands of points fits in a few megabytes.
 
-Training reuses :func:`nfcourse.train.fit`, which maximises any model's ``log_prob``: wrap the
+Training reuses :func:`nfcourse.training.engine.fit`, which maximises any model's ``log_prob``: wrap the
 VAE in :class:`ELBOObjective`, whose ``log_prob`` is the (one-sample) ELBO.
 """
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from nfcourse.flows.coupling import mlp
-from nfcourse.validation import check_tensor, module_dtype_device
+from nfcourse.nn import mlp
+from nfcourse.core.validation import check_tensor, module_dtype_device
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -179,7 +179,7 @@ class VAE(nn.Module):
 
 
 class ELBOObjective(nn.Module):
-    """Adapter so :func:`nfcourse.train.fit` trains a VAE by maximising the ELBO.
+    """Adapter so :func:`nfcourse.training.engine.fit` trains a VAE by maximising the ELBO.
 
     ``log_prob`` is the one-sample ELBO (a stochastic *lower bound* on ``log p``, which is what
     ``fit`` reports as held-out "NLL"), ``nll`` the training loss. With ``kl_warmup = n > 0`` the
@@ -226,7 +226,7 @@ def elbo_objective(features: int = 2, latent: int = 2, hidden: int = 64, depth: 
                    kl_warmup: int = 0) -> ELBOObjective:
     """A new :class:`VAE` wrapped in :class:`ELBOObjective`: the checkpoint builder
     ``"vae_elbo"``, i.e. ``fit(elbo_objective(...), ..., model_spec={"name": "vae_elbo",
-    "kwargs": ...})`` can be reloaded with :func:`nfcourse.checkpoint.load_model`."""
+    "kwargs": ...})`` can be reloaded with :func:`nfcourse.training.checkpoint.load_model`."""
     vae = VAE(features, latent, hidden, depth, log_var_bound=log_var_bound, zero_last=zero_last)
     return ELBOObjective(vae, kl_warmup)
 

@@ -89,7 +89,7 @@ def to_levels(x: Tensor) -> Tensor:
 
 
 class DequantizedSampler:
-    """A training stream for :func:`nfcourse.train.fit`: random images, fresh noise each time.
+    """A training stream for :func:`nfcourse.training.engine.fit`: random images, fresh noise each time.
 
     ``sampler(n, generator) -> [n, 1, 8, 8]``: ``n`` rows drawn with replacement from
     ``levels``, each dequantised with new noise, so the model never sees the same continuous

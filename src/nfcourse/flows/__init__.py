@@ -1,22 +1,26 @@
-"""Flows, one module per chapter.
+"""The flows, one module per family; each follows :class:`nfcourse.core.Flow`.
 
-* :mod:`.base` -- the protocol and composition; :mod:`.simple` -- chapter 1's simple flows.
-* :mod:`.coupling` -- chapter 2's coupling layers (NICE, RealNVP) and their masks.
-* :mod:`.glow` -- chapter 3's Glow: ActNorm, invertible 1x1 convolutions, multi-scale.
+* :mod:`.simple` -- chapter 1: elementwise affine, exp, sigmoid/logit, polar, planar, radial.
+* :mod:`.coupling` -- chapter 2: the coupling layers (NICE, RealNVP) and their partitions.
+* :mod:`.glow` -- chapter 3: ActNorm, invertible 1x1 convolutions, squeeze and split.
+* :mod:`.continuous` -- chapter 4: the continuous flow (an ODE) and FFJORD's density model.
+* :mod:`.images` -- chapter 5: the logit transform, multi-scale levels, variational
+  dequantisation.
+
+The models built from them are in :mod:`nfcourse.models`.
 """
 
-from nfcourse.flows.base import Compose, Flow, Inverse, sum_except_batch
+from nfcourse.flows.continuous import CNF, AugmentedDynamics, ContinuousFlow, LinearField
 from nfcourse.flows.coupling import (AdditiveCoupling, AffineCoupling, DiagonalScaling,
-                                     coupling_masks, never_transformed, nice, realnvp)
+                                     coupling_masks, never_transformed)
 from nfcourse.flows.glow import (ActNorm, ConvAffineCoupling, GlowLevel, GlowStep,
-                                 InvertibleConv1x1, InvertibleLinear, Split, glow, glow_2d,
-                                 initialize_actnorms, squeeze2d, unsqueeze2d)
+                                 InvertibleConv1x1, InvertibleLinear, Split, initialize_actnorms,
+                                 squeeze2d, unsqueeze2d)
 from nfcourse.flows.simple import (ElementwiseAffine, Exp, Logit, Planar, Polar, Radial,
                                    Sigmoid)
 
-__all__ = ["Flow", "Compose", "Inverse", "sum_except_batch", "ElementwiseAffine", "Exp",
-           "Sigmoid", "Logit", "Polar", "Planar", "Radial", "AdditiveCoupling",
-           "AffineCoupling", "DiagonalScaling", "coupling_masks", "never_transformed", "nice",
-           "realnvp", "ActNorm", "ConvAffineCoupling", "GlowLevel", "GlowStep",
-           "InvertibleConv1x1", "InvertibleLinear", "Split", "glow", "glow_2d",
-           "initialize_actnorms", "squeeze2d", "unsqueeze2d"]
+__all__ = ["ElementwiseAffine", "Exp", "Sigmoid", "Logit", "Polar", "Planar", "Radial",
+           "AdditiveCoupling", "AffineCoupling", "DiagonalScaling", "coupling_masks",
+           "never_transformed", "ActNorm", "ConvAffineCoupling", "GlowLevel", "GlowStep",
+           "InvertibleConv1x1", "InvertibleLinear", "Split", "initialize_actnorms", "squeeze2d",
+           "unsqueeze2d", "CNF", "AugmentedDynamics", "ContinuousFlow", "LinearField"]

@@ -23,15 +23,13 @@ is the same split every time).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from nfcourse.flows.base import Compose, Flow, sum_except_batch
+from nfcourse.core.flow import Flow, sum_except_batch
+from nfcourse.nn import mlp
 
-if TYPE_CHECKING:  # nfcourse.model imports nfcourse.flows; importing it here would be circular
-    from nfcourse.model import FlowModel
 
 MASK_KINDS = ("halves", "parity", "lecture")
 
@@ -74,26 +72,6 @@ def never_transformed(masks: Sequence[Tensor]) -> list[int]:
     """Coordinates that every mask keeps, i.e. that no layer ever changes (should be empty)."""
     kept = torch.stack(list(masks)).all(dim=0)
     return [int(i) for i in torch.nonzero(kept).flatten()]
-
-
-def mlp(inputs: int, outputs: int, hidden: int, depth: int = 2,
-        activation: type[nn.Module] = nn.ReLU, zero_last: bool = True) -> nn.Sequential:
-    """``inputs -> hidden (x depth) -> outputs``; the last layer starts at zero if ``zero_last``.
-
-    A zero last layer makes ``s = t = 0``, so a freshly built coupling flow is the identity and
-    training starts from the base distribution rather than from a random warp of it.
-    """
-    layers: list[nn.Module] = []
-    width = inputs
-    for _ in range(depth):
-        layers += [nn.Linear(width, hidden), activation()]
-        width = hidden
-    last = nn.Linear(width, outputs)
-    if zero_last:
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-    layers.append(last)
-    return nn.Sequential(*layers)
 
 
 def soft_clamp(s: Tensor, bound: float) -> Tensor:
@@ -206,30 +184,3 @@ class DiagonalScaling(Flow):
         return x * (-self.log_scale).exp(), (-self.log_scale.sum()).expand(x.shape[0])
 
 
-def realnvp(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2,
-            masks: str = "halves", scale_bound: float = 3.0) -> FlowModel:
-    """A RealNVP density model: ``layers`` affine couplings with alternating masks, ``N(0, I)``.
-
-    ``masks="lecture"`` builds the lecture's defective split instead (see
-    :func:`coupling_masks`). Starts as the identity map, so initially ``p = N(0, I)``.
-    """
-    from nfcourse.model import FlowModel
-
-    flows = [AffineCoupling(m, hidden, depth, scale_bound)
-             for m in coupling_masks(features, layers, masks)]
-    return FlowModel(Compose(*flows))
-
-
-def nice(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2,
-         masks: str = "halves") -> FlowModel:
-    """A NICE density model: ``layers`` additive couplings and a diagonal scaling layer.
-
-    The scaling sits next to the base distribution (in the data -> latent direction it is
-    applied last, as in the NICE paper), so it rescales the Gaussian before the couplings
-    bend it.
-    """
-    from nfcourse.model import FlowModel
-
-    flows: list[Flow] = [DiagonalScaling(features)]
-    flows += [AdditiveCoupling(m, hidden, depth) for m in coupling_masks(features, layers, masks)]
-    return FlowModel(Compose(*flows))

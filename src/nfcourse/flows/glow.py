@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from nfcourse.flows.base import Compose, Flow, as_event_shape, sum_except_batch
+from nfcourse.core.model import FlowModel
+from nfcourse.core.flow import Compose, Flow, as_event_shape, sum_except_batch
 from nfcourse.flows.coupling import AffineCoupling, coupling_masks, soft_clamp
+from nfcourse.nn import conv_net
 
-if TYPE_CHECKING:  # nfcourse.model imports nfcourse.flows; importing it here would be circular
-    from nfcourse.model import FlowModel
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -127,8 +126,6 @@ def initialize_actnorms(flow: nn.Module, x: Tensor) -> int:
     ``flow`` may be a :class:`Flow` or a ``FlowModel``. Layers already initialised (e.g.
     loaded from a checkpoint) are left alone.
     """
-    from nfcourse.model import FlowModel
-
     if isinstance(flow, FlowModel):
         target: Flow = flow.flow
     elif isinstance(flow, Flow):
@@ -306,27 +303,6 @@ def unsqueeze2d(x: Tensor, factor: int = 2) -> Tensor:
 # ----------------------------------------------------------------------------- coupling
 
 
-def conv_net(inputs: int, outputs: int, hidden: int | None) -> nn.Sequential:
-    """Conditioner for image couplings: ``3x3 -> ReLU -> 1x1 -> ReLU -> 3x3`` (zero last).
-
-    ``hidden=None`` gives a single zero-initialised 3x3 convolution (Glow's split prior). The
-    last convolution starts at zero so a new coupling (or prior) is the identity (or
-    ``N(0, I)``), as for the vector couplings of chapter 2.
-    """
-    if hidden is None:
-        layers: list[nn.Module] = []
-        last = nn.Conv2d(inputs, outputs, 3, padding=1)
-    else:
-        if hidden < 1:
-            raise ValueError(f"hidden channels must be >= 1, got {hidden}.")
-        layers = [nn.Conv2d(inputs, hidden, 3, padding=1), nn.ReLU(),
-                  nn.Conv2d(hidden, hidden, 1), nn.ReLU()]
-        last = nn.Conv2d(hidden, outputs, 3, padding=1)
-    nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
-    return nn.Sequential(*layers, last)
-
-
 class ConvAffineCoupling(Flow):
     """Affine coupling over channels for images ``[B, C, H, W]``.
 
@@ -482,32 +458,3 @@ class GlowLevel(Flow):
         return out
 
 
-def glow(event_shape: Sequence[int] = (1, 8, 8), levels: int = 2, steps: int = 4,
-         hidden: int = 64, *, lu: bool = True, seed: int | None = 0) -> FlowModel:
-    """A multi-scale Glow density model for images ``[B, C, H, W]`` with a ``N(0, I)`` base.
-
-    ``levels`` scales of ``steps`` Glow steps each; ``H`` and ``W`` must be divisible by
-    ``2**levels``. ``seed`` fixes the random rotations the 1x1 convolutions start from (the
-    coupling nets use the global RNG). ActNorms initialise on the first training batch, or
-    call :func:`initialize_actnorms` with a larger one.
-    """
-    from nfcourse.model import FlowModel
-
-    shape = _event(event_shape)
-    if len(shape) != 3:
-        raise ValueError(f"glow() is for images (C, H, W); got {shape}. Use glow_2d for vectors.")
-    if shape[1] % 2**levels or shape[2] % 2**levels:
-        raise ValueError(f"glow(): {levels} levels halve the image {levels} times, so H and W "
-                         f"must be divisible by {2**levels}; got {shape[1]}x{shape[2]}.")
-    g = None if seed is None else torch.Generator().manual_seed(seed)
-    return FlowModel(GlowLevel(shape, steps, hidden, levels, lu, g))
-
-
-def glow_2d(features: int = 2, steps: int = 8, hidden: int = 64, *, depth: int = 2,
-            lu: bool = True, scale_bound: float = 3.0, seed: int | None = 0) -> FlowModel:
-    """A Glow-style density model for vectors: ``steps`` x (ActNorm, LU linear, coupling)."""
-    from nfcourse.model import FlowModel
-
-    g = None if seed is None else torch.Generator().manual_seed(seed)
-    flows = [GlowStep((features,), hidden, lu, depth, scale_bound, g) for _ in range(steps)]
-    return FlowModel(Compose(*flows))

@@ -1,6 +1,6 @@
 """Chapter 1's flows: elementwise maps, polar coordinates, planar and radial flows.
 
-Every class follows the protocol of :mod:`nfcourse.flows.base` (``forward`` is latent to data).
+Every class follows the protocol of :mod:`nfcourse.core.flow` (``forward`` is latent to data).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfcourse.flows.base import Flow, Inverse, sum_except_batch
-from nfcourse.validation import validation_enabled
+from nfcourse.core.flow import Flow, Inverse, sum_except_batch
+from nfcourse.core.validation import validation_enabled
 
 
 def _require(condition: Tensor, message: str) -> None:

@@ -18,12 +18,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from nfcourse.jko.targets import Target
-from nfcourse.validation import check_tensor
+from nfcourse.core.validation import check_tensor
 
 
 @dataclass
@@ -93,25 +92,3 @@ def langevin(target: Target, x0: Tensor, step_size: float, steps: int, *,
     return run
 
 
-def w2_samples(x: Tensor, y: Tensor) -> float:
-    """Exact 2-Wasserstein distance between two empirical measures (uniform weights).
-
-    ``x [N, D]``, ``y [M, D]``; solves the optimal transport linear programme with POT's
-    ``ot.emd2`` on squared Euclidean costs (cost ``O(N M)`` memory; keep ``N, M`` at a few
-    thousand). Even for two samples of the *same* distribution the result is positive and
-    shrinks slowly with ``N``, so always compare against that noise floor.
-    """
-    import ot
-
-    for name, t in (("x", x), ("y", y)):
-        check_tensor(t, None, name=f"w2_samples({name})")
-        if t.dim() != 2:
-            raise ValueError(f"w2_samples({name}): expected [N, D], got {list(t.shape)}.")
-    if x.shape[1] != y.shape[1]:
-        raise ValueError(f"w2_samples: dimensions differ ({x.shape[1]} vs {y.shape[1]}).")
-    a = x.detach().double().cpu().numpy()
-    b = y.detach().double().cpu().numpy()
-    cost = ot.dist(a, b, metric="sqeuclidean")
-    wa = np.full(len(a), 1.0 / len(a))
-    wb = np.full(len(b), 1.0 / len(b))
-    return float(math.sqrt(max(ot.emd2(wa, wb, cost, numItermax=10_000_000), 0.0)))

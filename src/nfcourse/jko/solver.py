@@ -2,7 +2,7 @@
 
 The JKO step ``p_{k+1} = argmin_p F[p] + W2^2(p, p_k) / (2 tau)`` with
 ``F[p] = KL(p || pi) = E_p[log p + U] + log Z`` is searched over pushforwards ``p = T#p_k`` of
-the current iterate by an invertible map ``T`` (a :class:`~nfcourse.flows.base.Flow`; its
+the current iterate by an invertible map ``T`` (a :class:`~nfcourse.core.flow.Flow`; its
 ``forward`` takes the particles of ``p_k`` to those of ``p_{k+1}``). For such ``p``,
 
 * by the change of variables, ``log p(T(x)) = log p_k(x) - log|det J_T(x)|``, so
@@ -37,12 +37,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from nfcourse.flows.base import Compose, Flow
+from nfcourse.core.flow import Compose, Flow
 from nfcourse.flows.coupling import AffineCoupling, coupling_masks
 from nfcourse.flows.simple import ElementwiseAffine
 from nfcourse.jko.targets import Target
-from nfcourse.model import FlowModel
-from nfcourse.validation import check_tensor, validation
+from nfcourse.core.model import FlowModel
+from nfcourse.core.validation import check_tensor, validation
 
 OPTIMIZERS = ("adam", "lbfgs")
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from nfcourse.jko.gaussian import check_mean_cov
-from nfcourse.validation import check_tensor
+from nfcourse.core.validation import check_tensor
 
 
 @dataclass(frozen=True)

@@ -6,30 +6,25 @@ uses the opposite direction (its ``s`` is ``1 - t``).
 * :mod:`.paths` -- conditional paths and their exact velocities (linear/OT with ``sigma_min``,
   straight, variance preserving).
 * :mod:`.coupling` -- independent and exact minibatch-OT couplings (POT).
-* :mod:`.field`, :mod:`.train` -- the velocity network, the CFM loss and its training loop
-  (fixed pairs give rectified flow's reflow).
+* :mod:`.train` -- the CFM loss and its training loop (fixed pairs give rectified flow's
+  reflow); the velocity network is :class:`nfcourse.nn.VelocityMLP`.
 * :mod:`.sampling` -- sampling with the CNF solvers, trajectories, exact log-likelihood
   through :class:`nfcourse.cnf.ContinuousFlow`, reflow pairs.
-* :mod:`.metrics` -- W2 (POT), MMD, straightness, end-point error.
+* W2, MMD, straightness and end-point error are in :mod:`nfcourse.metrics.distances`.
 * :mod:`.gaussian` -- closed-form marginal velocities for Gaussian-mixture data.
-* :mod:`.lecture` -- the lecture's example as written, to show its defects.
+* The lecture's example as written, to show its defects: :mod:`nfcourse.book.lecture`.
 """
 
 from nfcourse.matching.coupling import (COUPLINGS, independent_coupling, ot_assignment,
                                         ot_coupling, pair, transport_cost)
-from nfcourse.matching.field import VelocityMLP
 from nfcourse.matching.gaussian import GaussianMixture, gaussian_1d_velocity
-from nfcourse.matching.lecture import (lecture_loss, lecture_path, lecture_path_velocity,
-                                       lecture_target)
-from nfcourse.matching.metrics import endpoint_error, mmd2, straightness, w2
 from nfcourse.matching.paths import PATHS, GaussianPath, LinearPath, StraightPath, VPPath
 from nfcourse.matching.sampling import (density_model, integrate, reflow_pairs, sample, solver,
                                         trajectory)
 from nfcourse.matching.train import CFMHistory, cfm_loss, train_cfm
 
 __all__ = ["COUPLINGS", "independent_coupling", "ot_assignment", "ot_coupling", "pair",
-           "transport_cost", "VelocityMLP", "GaussianMixture", "gaussian_1d_velocity",
-           "lecture_loss", "lecture_path", "lecture_path_velocity", "lecture_target",
-           "endpoint_error", "mmd2", "straightness", "w2", "PATHS", "GaussianPath", "LinearPath",
+           "transport_cost", "GaussianMixture", "gaussian_1d_velocity",
+           "PATHS", "GaussianPath", "LinearPath",
            "StraightPath", "VPPath", "density_model", "integrate", "reflow_pairs", "sample",
            "solver", "trajectory", "CFMHistory", "cfm_loss", "train_cfm"]

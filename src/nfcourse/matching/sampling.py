@@ -1,6 +1,6 @@
 """Sampling a trained velocity field, its exact log-likelihood, and reflow pairs.
 
-Everything integrates ``dx/dt = v(t, x)`` with the solvers of :mod:`nfcourse.cnf.solvers`
+Everything integrates ``dx/dt = v(t, x)`` with the solvers of :mod:`nfcourse.ode.solvers`
 (hand-written Euler / midpoint / Heun / RK4 with a fixed number of steps, or torchdiffeq's
 adaptive dopri5), from ``t = 0`` (noise) to ``t = 1`` (data). The log-likelihood reuses
 :class:`nfcourse.cnf.ContinuousFlow`: the instantaneous change of variables with the exact
@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nfcourse.cnf import ContinuousFlow, SolverSpec, fixed_step_solve, solve
-from nfcourse.distributions import StandardNormal
-from nfcourse.model import FlowModel
+from nfcourse.flows import ContinuousFlow
+from nfcourse.ode import SolverSpec, fixed_step_solve, solve
+from nfcourse.core.distributions import StandardNormal
+from nfcourse.core.model import FlowModel
 
 
 def solver(steps: int | None = None, method: str = "euler", rtol: float = 1e-5,

@@ -9,7 +9,7 @@ Its gradient equals that of the intractable marginal loss ``E |v_theta(t, x_t) -
 (``u_t(x) = E[u_t(x0, x1) | x_t = x]``), the two losses differing by a constant (Lipman et
 al. 2023, Thm. 2), so they have the same minimiser.
 
-The loop is not :func:`nfcourse.train.fit`: that one maximises a likelihood and evaluates a
+The loop is not :func:`nfcourse.training.engine.fit`: that one maximises a likelihood and evaluates a
 held-out NLL, while this is a regression with fresh noise, times and pairs at every step.
 """
 
@@ -79,11 +79,11 @@ def train_cfm(field: nn.Module, path: GaussianPath,
             regression's random targets leave in the weights.
         batch_loss: replaces :func:`cfm_loss` by ``batch_loss(x0, x1, t)`` (the lecture's
             variant uses this); ``path`` is then unused.
-        checkpoint, resume, stop_at, model_spec: as in :func:`nfcourse.train.fit`: the file
+        checkpoint, resume, stop_at, model_spec: as in :func:`nfcourse.training.engine.fit`: the file
             holds the field, optimiser, schedule, generator state, EMA weights and losses, so
             pausing at ``stop_at`` and resuming gives bit-for-bit the weights of one run. With
             ``model_spec`` (e.g. ``{"name": "velocity_mlp", "kwargs": {...}}``) the finished
-            field loads with :func:`nfcourse.checkpoint.load_model`. Other arguments must be
+            field loads with :func:`nfcourse.training.checkpoint.load_model`. Other arguments must be
             the same when resuming (only the step count and ``ema`` are checked).
     """
     if coupling not in COUPLINGS:
@@ -118,7 +118,7 @@ def train_cfm(field: nn.Module, path: GaussianPath,
     params = [p for p in field.parameters() if p.requires_grad]
     avg = [p.detach().clone() for p in params] if ema is not None else []
     if resume:
-        from nfcourse.checkpoint import load_checkpoint
+        from nfcourse.training.checkpoint import load_checkpoint
 
         if checkpoint is None:
             raise ValueError("train_cfm(resume=True) needs checkpoint= (the file to resume).")
@@ -139,7 +139,7 @@ def train_cfm(field: nn.Module, path: GaussianPath,
     def save() -> None:
         if checkpoint is None:
             return
-        from nfcourse.checkpoint import save_checkpoint
+        from nfcourse.training.checkpoint import save_checkpoint
 
         save_checkpoint(checkpoint, {
             "model_spec": model_spec, "model": field.state_dict(), "optimizer": opt.state_dict(),

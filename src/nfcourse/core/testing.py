@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfcourse.flows.base import Flow
+from nfcourse.core.flow import Flow
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def check_flow(flow: Flow, z: Tensor, *, atol: float = 1e-6, rtol: float = 1e-6,
     """Assert that ``flow`` is a correct bijection with correct log-dets at the points ``z``.
 
     Args:
-        flow: any :class:`~nfcourse.flows.base.Flow`; it is copied and cast to float64, the
+        flow: any :class:`~nfcourse.core.flow.Flow`; it is copied and cast to float64, the
             original is left untouched.
         z: ``[B, *event]`` points in the forward direction's domain.
         atol, rtol: tolerances, applied as ``|a - b| <= atol + rtol * |b|``.

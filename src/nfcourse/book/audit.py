@@ -601,7 +601,7 @@ def snapshot(chapters: Path, claims: tuple[Claim, ...] = CLAIMS) -> dict[str, ob
     for c in claims:
         c.check(tracing, c.stated)
     return {
-        "about": "Every value the lecture audit (nfcourse.audit, chapter 9) reads from the "
+        "about": "Every value the lecture audit (nfcourse.book.audit, chapter 9) reads from the "
                  "book's executed chapter records, for a reader who has only the package. "
                  f"Written by `{SNAPSHOT_COMMAND}`; do not edit.",
         "inputs": inputs_fingerprint(chapters, claims),
@@ -679,7 +679,7 @@ def load_snapshot(path: Path | None = None) -> dict[str, object]:
     """
     try:
         if path is None:
-            text = resources.files("nfcourse").joinpath(SNAPSHOT_NAME).read_text(
+            text = resources.files("nfcourse.book").joinpath(SNAPSHOT_NAME).read_text(
                 encoding="utf-8")
         else:
             text = Path(path).read_text(encoding="utf-8")

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfcourse.flows.base import as_event_shape, sum_except_batch
-from nfcourse.validation import check_count
+from nfcourse.core.flow import as_event_shape, sum_except_batch
+from nfcourse.core.validation import check_count
 
 
 class StandardNormal(nn.Module):

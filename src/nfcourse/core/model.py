@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from nfcourse.distributions import StandardNormal
-from nfcourse.flows.base import Flow
-from nfcourse.validation import check_count
+from nfcourse.core.distributions import StandardNormal
+from nfcourse.core.flow import Flow
+from nfcourse.core.validation import check_count
 
 
 class FlowModel(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 
 from nfcourse.flows.simple import Planar
-from nfcourse.model import FlowModel
-from nfcourse.plots import plot_density
+from nfcourse.core.model import FlowModel
+from nfcourse.book.plots import plot_density
 
 PLANAR_BOX = (-4.0, 4.0, -4.0, 4.0)
 

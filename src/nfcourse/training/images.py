@@ -1,9 +1,9 @@
 """Training image flows at scale: held-out bits/dim, atomic checkpoints, resume, and DDP.
 
-:func:`train_images` is :func:`nfcourse.train.fit` for 8-bit images. It takes the same
-:class:`~nfcourse.train.TrainConfig` (``eval_size`` is how many held-out images the periodic
+:func:`train_images` is :func:`nfcourse.training.engine.fit` for 8-bit images. It takes the same
+:class:`~nfcourse.training.engine.TrainConfig` (``eval_size`` is how many held-out images the periodic
 evaluation uses; ``patience`` is not used), minimises the negative dequantisation ELBO
-(:func:`nfcourse.images.image_nll`), and reports bits per dimension.
+(:func:`nfcourse.flows.images.image_nll`), and reports bits per dimension.
 
 It runs unchanged in one process or under ``torchrun --nproc_per_node=N``: when a
 ``torch.distributed`` process group is initialised, the model is wrapped in
@@ -33,13 +33,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nfcourse.checkpoint import load_checkpoint, save_checkpoint
-from nfcourse.images import (UniformDequantizer, VariationalDequantizer, bits_per_dim,
-                             check_pixels, dequantize, image_nll)
-from nfcourse.model import FlowModel
-from nfcourse.train import (CosineWithWarmup, History, TrainConfig, _check_same_config,
+from nfcourse.training.checkpoint import load_checkpoint, save_checkpoint
+from nfcourse.data.images import UniformDequantizer, check_pixels
+from nfcourse.flows.images import VariationalDequantizer, dequantize, image_nll
+from nfcourse.data.images import bits_per_dim
+from nfcourse.core.model import FlowModel
+from nfcourse.training.engine import (CosineWithWarmup, History, TrainConfig, _check_same_config,
                             progress_disabled)
-from nfcourse.validation import validation
+from nfcourse.core.validation import validation
 
 
 class ImageObjective(nn.Module):
@@ -96,12 +97,12 @@ def train_images(model: FlowModel, train: Tensor, config: TrainConfig | None = N
     """Train ``model`` (and a variational ``dequantizer``) on integer images by max. likelihood.
 
     Args:
-        model: a density on ``y`` in ``[0, 1)^D`` (e.g. :func:`nfcourse.images.tiny_realnvp`).
+        model: a density on ``y`` in ``[0, 1)^D`` (e.g. :func:`nfcourse.flows.images.tiny_realnvp`).
         train, eval_images: disjoint uint8 images ``[N, C, H, W]``.
         config: :class:`TrainConfig`; ``batch_size`` is the global batch (divisible by the
             number of processes); ``eval_size`` held-out images are scored every
             ``eval_every`` steps (all of them at the last step).
-        checkpoint, resume, stop_at, model_spec, progress: as in :func:`nfcourse.train.fit`.
+        checkpoint, resume, stop_at, model_spec, progress: as in :func:`nfcourse.training.engine.fit`.
         init_actnorm: images of the first global batch's stream used to initialise ActNorms.
     Returns:
         :class:`History` with ``train_loss`` and ``eval_nll`` in **bits/dim**.
@@ -234,7 +235,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def build_image_model(name: str, hidden: int, scales: int = 3, checker: int = 3,
                       channel: int = 3) -> tuple[FlowModel, dict[str, Any]]:
     """``(model, spec)`` for ``"tiny"`` (the lecture's dense RealNVP) or ``"multiscale"``."""
-    from nfcourse.checkpoint import build_model
+    from nfcourse.models import build_model
 
     if name == "tiny":
         spec = {"name": "tiny_realnvp", "kwargs": {"hidden": hidden}}
@@ -335,7 +336,7 @@ def load_image_model(path: str | os.PathLike[str], map_location: str | torch.dev
     """Rebuild ``(model, dequantizer or None, checkpoint)`` from a ``train mnist`` file."""
     ckpt = load_checkpoint(path, map_location)
     spec = ckpt["model_spec"]
-    from nfcourse.checkpoint import build_model
+    from nfcourse.models import build_model
     model = build_model({"name": spec["name"], "kwargs": spec["kwargs"]})
     deq = VariationalDequantizer() if spec.get("dequant") == "variational" else None
     objective = ImageObjective(model, deq)

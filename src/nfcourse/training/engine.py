@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nfcourse.checkpoint import load_checkpoint, save_checkpoint
-from nfcourse.validation import check_tensor, validation
+from nfcourse.training.checkpoint import load_checkpoint, save_checkpoint
+from nfcourse.core.validation import check_tensor, validation
 
 Sampler = Callable[[int, torch.Generator], Tensor]
 
@@ -211,7 +211,7 @@ def fit(model: nn.Module, data: Tensor | Sampler, config: TrainConfig | None = N
         stop_at: pause after this many total steps (the schedule still spans ``config.steps``);
             resuming later continues the same run.
         model_spec: how to rebuild the model (``{"name": ..., "kwargs": ...}``), stored in the
-            checkpoint for :func:`nfcourse.checkpoint.load_model`.
+            checkpoint for :func:`nfcourse.training.checkpoint.load_model`.
         progress: show a tqdm bar; ``None`` decides from the environment.
     Returns:
         the :class:`History` (``finished`` is False if ``stop_at`` paused the run).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 
 import matplotlib.pyplot as plt
@@ -124,7 +126,7 @@ def plot_layers(trajectory: Sequence[Tensor], color_by: Tensor | np.ndarray | No
     """How points move layer by layer, latent to data.
 
     ``trajectory`` is the list ``[z, f1(z), f2(f1(z)), ...]`` of ``[N, 2]`` tensors that
-    :meth:`nfcourse.flows.base.Compose.trajectory` returns. Each panel shows one stage; points
+    :meth:`nfcourse.core.flow.Compose.trajectory` returns. Each panel shows one stage; points
     keep the colour given by ``color_by [N]`` (default: the angle of ``z``), so one can follow
     where each region of the Gaussian ends up. At most ``max_panels`` stages are shown,
     always including the first and the last. Returns the array of axes.
@@ -150,3 +152,25 @@ def plot_layers(trajectory: Sequence[Tensor], color_by: Tensor | np.ndarray | No
             ax.set_ylim(box[2], box[3])
     fig.tight_layout()
     return axes[0]
+
+
+def image_grid(images: Tensor, nrow: int, ax=None, title: str | None = None, pad: int = 1):
+    """Tile ``[N, 1, H, W]`` images (uint8 levels or floats in ``[0, 1]``) into one picture."""
+    import matplotlib.pyplot as plt
+
+    x = images.detach().cpu().float()
+    if not images.is_floating_point():
+        x = x / 255
+    n, _, h, w = x.shape
+    rows = math.ceil(n / nrow)
+    canvas = torch.ones(rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        canvas[pad + r * (h + pad):pad + r * (h + pad) + h,
+               pad + c * (w + pad):pad + c * (w + pad) + w] = x[i, 0]
+    ax = ax or plt.gca()
+    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax

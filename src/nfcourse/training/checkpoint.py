@@ -4,8 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (noth
 beyond that, so loading it cannot run code). It records how to rebuild the model
 (``model_spec``: a builder name and its keyword arguments), so ``load_model(path)`` needs no
 other information, in any process: every model the book trains has its builder in a static
-table (:data:`BUILTIN_MODELS`) that is resolved by importing the defining module on first use,
-so nothing has to be imported beforehand to fill a registry.
+table (:data:`nfcourse.models.BUILTIN_MODELS`).
 
 Every checkpoint also stores a SHA-256 digest of all its tensors (names, dtypes, shapes and
 bytes); :func:`load_checkpoint` recomputes it, so a file whose tensor bytes were damaged on
@@ -16,80 +15,24 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-FORMAT = "nfcourse.checkpoint"
+from nfcourse.models import build_model
+
+FORMAT = "nfcourse.training.checkpoint"
 VERSION = 1
 DIGEST_KEY = "tensor_sha256"
 
-# name -> "module:attribute" of the builder(**kwargs). A static table rather than
-# registrations made when a module is imported: a fresh process that only imports this module
-# can still rebuild every model, and importing the defining module lazily (inside
-# resolve_builder) keeps this module free of import cycles with the models that use it.
-BUILTIN_MODELS: dict[str, str] = {
-    "realnvp": "nfcourse.flows.coupling:realnvp",            # chapter 2, train.py and the CLI
-    "nice": "nfcourse.flows.coupling:nice",
-    "glow": "nfcourse.flows.glow:glow",                      # chapter 3, Glow on digits
-    "glow_2d": "nfcourse.flows.glow:glow_2d",
-    "cnf": "nfcourse.cnf.model:cnf_from_spec",               # chapter 4, CNF / FFJORD
-    "tiny_realnvp": "nfcourse.images:tiny_realnvp",          # chapter 5, MNIST
-    "multiscale_realnvp": "nfcourse.images:multiscale_realnvp",
-    "velocity_mlp": "nfcourse.matching.field:VelocityMLP",   # chapter 6, flow matching
-    "vae": "nfcourse.vae:VAE",                               # chapter 8, a bare VAE
-    "vae_elbo": "nfcourse.vae:elbo_objective",               # chapter 8, what fit() trains
-}
-
-# The models `python -m nfcourse train` builds for 2-D data (its --model choices).
-TWO_D_MODELS: tuple[str, ...] = ("nice", "realnvp")
-
-# Builders added at run time with register_model (user models); the built-in ones are above.
-MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be used (truncated, corrupt, or not ours)."""
-
-
-def model_names() -> list[str]:
-    """Every name :func:`build_model` accepts, built-in and registered, sorted."""
-    return sorted({*BUILTIN_MODELS, *MODEL_BUILDERS})
-
-
-def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Make ``builder`` available to :func:`build_model` under ``name`` (names must be new).
-
-    Only a process that has called this can load such checkpoints; the book's own models are
-    in :data:`BUILTIN_MODELS` and need no registration.
-    """
-    if name in MODEL_BUILDERS or name in BUILTIN_MODELS:
-        raise ValueError(f"a model called {name!r} is already registered.")
-    MODEL_BUILDERS[name] = builder
-
-
-def resolve_builder(name: object) -> Callable[..., nn.Module]:
-    """The builder for ``name``: a registered one, or a built-in one imported on demand."""
-    if isinstance(name, str) and name in MODEL_BUILDERS:
-        return MODEL_BUILDERS[name]
-    if not isinstance(name, str) or name not in BUILTIN_MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())} "
-                         "(or register_model() your own builder first).")
-    module, attr = BUILTIN_MODELS[name].split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Build a model from ``{"name": "realnvp", "kwargs": {"layers": 8, ...}}``."""
-    return resolve_builder(spec.get("name"))(**spec.get("kwargs", {}))
 
 
 def _tensors(value: Any, path: str = "") -> Iterator[tuple[str, torch.Tensor]]:
@@ -172,7 +115,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                                   f"corrupt ({_first_sentence(err)}). {fix}") from err
         raise CheckpointError(f"{path} holds Python objects that safe loading "
                               "(torch.load(weights_only=True)) refuses to unpickle, so it was not "
-                              "written by nfcourse. Use a checkpoint written by nfcourse.train.fit"
+                              "written by nfcourse. Use a checkpoint written by nfcourse.training.engine.fit"
                               " or `python -m nfcourse train`; never load untrusted pickles."
                               ) from err
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError,
@@ -183,7 +126,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a PyTorch file but not an nfcourse checkpoint (no "
                               f"'format': '{FORMAT}' entry). Pass a file written by "
-                              "nfcourse.train.fit or `python -m nfcourse train`.")
+                              "nfcourse.training.engine.fit or `python -m nfcourse train`.")
     if payload.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {payload.get('version')}, "
                               f"this nfcourse reads version {VERSION}; retrain with this version.")

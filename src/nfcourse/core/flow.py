@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfcourse.validation import check_tensor, module_dtype_device
+from nfcourse.core.validation import check_tensor, module_dtype_device
 
 EventShape = tuple[int, ...]
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nfcourse.cnf.model import CNF
-from nfcourse.cnf.solvers import SolverSpec
+from nfcourse.flows.continuous import CNF
+from nfcourse.ode.solvers import SolverSpec
 
 
 class _Held:

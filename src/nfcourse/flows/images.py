@@ -35,14 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfcourse.flows.base import Compose, Flow, as_event_shape, sum_except_batch
-from nfcourse.flows.coupling import AffineCoupling, soft_clamp
-from nfcourse.flows.glow import ActNorm, ConvAffineCoupling, Split, conv_net, squeeze2d, unsqueeze2d
-from nfcourse.model import FlowModel
-from nfcourse.validation import check_count, module_dtype_device, validation_enabled
+from nfcourse.core.flow import Compose, Flow, as_event_shape, sum_except_batch
+from nfcourse.flows.coupling import soft_clamp
+from nfcourse.flows.glow import ActNorm, ConvAffineCoupling, Split, squeeze2d, unsqueeze2d
+from nfcourse.core.model import FlowModel
+from nfcourse.data.images import (LEVELS, UniformDequantizer, bits_per_dim,
+                                  check_pixels)
+from nfcourse.nn import conv_net
+from nfcourse.core.validation import check_count, module_dtype_device, validation_enabled
 
-LEVELS = 256
-MNIST_SHAPE = (1, 28, 28)
 
 
 # ----------------------------------------------------------------------------- pixels
@@ -51,40 +52,6 @@ MNIST_SHAPE = (1, 28, 28)
 def _dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     dtype, device = module_dtype_device(model)
     return dtype or torch.get_default_dtype(), device or torch.device("cpu")
-
-
-def check_pixels(v: Tensor, name: str = "images", levels: int = LEVELS) -> Tensor:
-    """Require integer pixel levels ``0..levels-1`` in a batch ``[B, C, H, W]``."""
-    if not isinstance(v, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of integer pixels, got "
-                        f"{type(v).__name__}.")
-    if v.is_floating_point():
-        raise TypeError(f"{name}: expected integer pixel levels 0..{levels - 1} (e.g. uint8 from "
-                        f"load_mnist), got {v.dtype}. Dequantise raw pixels only once.")
-    if v.dim() != 4:
-        raise ValueError(f"{name}: expected images [B, C, H, W], got shape {list(v.shape)}.")
-    if v.numel() and (int(v.min()) < 0 or int(v.max()) >= levels):
-        raise ValueError(f"{name}: pixel levels must lie in 0..{levels - 1}, got "
-                         f"[{int(v.min())}, {int(v.max())}].")
-    return v
-
-
-def to_pixels(y: Tensor, levels: int = LEVELS) -> Tensor:
-    """Continuous ``y`` in ``[0, 1]`` -> the integer level of its cell (uint8 for 256 levels)."""
-    return torch.floor(y * levels).clamp(0, levels - 1).to(torch.uint8)
-
-
-def bits_per_dim(nll_y: Tensor | float, dims: int, levels: int = LEVELS) -> Tensor | float:
-    """Bits per pixel of the discrete image from the NLL (nats) of ``y = (v + u) / levels``.
-
-    ``(nll_y / dims + log(levels)) / log(2)``. ``nll_y`` must be the negative log-density on
-    ``[0, 1)^D`` with every transform counted (the logit's log-det included, which a
-    :class:`FlowModel` ending in :class:`LogitTransform` does) and, for variational
-    dequantisation, ``+ log q(u | v)``. A uniform density on the box has ``nll_y = 0``: 8 bits.
-    """
-    if dims < 1 or levels < 2:
-        raise ValueError(f"bits_per_dim needs dims >= 1 and levels >= 2, got {dims}, {levels}.")
-    return (nll_y / dims + math.log(levels)) / math.log(2)
 
 
 # ----------------------------------------------------------------------------- logit
@@ -147,17 +114,6 @@ class Reshape(Flow):
 
 
 # ----------------------------------------------------------------------------- dequantisers
-
-
-class UniformDequantizer(nn.Module):
-    """``u ~ Uniform[0, 1)^D``: ``log q(u | v) = 0``. The noise *is* ``u``."""
-
-    def noise(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
-        return torch.rand(tuple(shape), generator=generator)
-
-    def forward(self, v: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
-        """``(u, log q(u | v))`` for images ``v`` and noise from :meth:`noise`."""
-        return noise.to(v.device), noise.new_zeros(v.shape[0]).to(v.device)
 
 
 class VariationalDequantizer(nn.Module):
@@ -267,24 +223,6 @@ def evaluate_bits_per_dim(model: FlowModel, images: Tensor,
             m.train(mode)
     bits = bits_per_dim(per_image, dims)
     return float(bits.mean()), float(bits.std() / math.sqrt(len(bits)))
-
-
-def independent_pixel_bits(train: Tensor, test: Tensor, prior: float = 1.0) -> float:
-    """Bits/dim on ``test`` of the best model that treats pixels as independent.
-
-    Each pixel gets its own histogram over the 256 levels, fitted on ``train`` with
-    ``prior`` pseudo-counts per level (so unseen levels keep a finite cost). A flow that
-    learns nothing about how pixels depend on each other cannot beat this on held-out data.
-    """
-    check_pixels(train, "train")
-    check_pixels(test, "test")
-    d = train[0].numel()
-    flat_train, flat_test = train.reshape(len(train), d).long(), test.reshape(len(test), d).long()
-    counts = torch.full((d, LEVELS), float(prior), dtype=torch.float64)
-    counts.scatter_add_(1, flat_train.T, torch.ones_like(flat_train.T, dtype=torch.float64))
-    log_p = (counts / counts.sum(dim=1, keepdim=True)).log()
-    nll = -log_p.gather(1, flat_test.T).sum(dim=0)             # nats per test image
-    return float(nll.mean() / d / math.log(2))
 
 
 # ----------------------------------------------------------------------------- masks
@@ -434,46 +372,6 @@ class MultiScaleLevel(Flow):
 # ----------------------------------------------------------------------------- models
 
 
-def tiny_realnvp(shape: Sequence[int] = MNIST_SHAPE, layers: int = 12, hidden: int = 256, *,
-                 depth: int = 2, alpha: float = 0.05, scale_bound: float = 3.0) -> FlowModel:
-    """The lecture's "tiny RealNVP": dense affine couplings on the flattened image.
-
-    A density on ``y`` in ``[0, 1)^D`` (``D = 784`` for MNIST): data -> latent it applies the
-    logit transform, flattens, and runs ``layers`` couplings (MLP conditioner with ``depth``
-    hidden layers of ``hidden`` units) whose kept pixels alternate between the two colours
-    of a checkerboard; every pixel is transformed by every other layer.
-    """
-    shape_t = as_event_shape(shape)
-    assert shape_t is not None and len(shape_t) == 3
-    d = math.prod(shape_t)
-    couplings: list[Flow] = []
-    for k in range(layers):
-        mask = checkerboard_vector(shape_t[1:], k % 2).repeat(shape_t[0])
-        couplings.append(AffineCoupling(mask, hidden, depth, scale_bound))
-    flow = Compose(Reshape(shape_t, (d,)), *couplings, Reshape((d,), shape_t),
-                   LogitTransform(shape_t, alpha), event_shape=shape_t)
-    return FlowModel(flow)
-
-
-def multiscale_realnvp(shape: Sequence[int] = MNIST_SHAPE, scales: int = 3, hidden: int = 64, *,
-                       checker: int = 3, channel: int = 3, alpha: float = 0.05) -> FlowModel:
-    """A RealNVP-style multi-scale convolutional flow (density on ``y`` in ``[0, 1)^D``).
-
-    For MNIST with ``scales=3``: 1x28x28 -> (checkerboard x3, squeeze, channel x3, split) ->
-    2x14x14 -> (same) -> 4x7x7 -> checkerboard x4. ActNorm precedes each coupling.
-    ActNorms initialise from the first training batch (or ``initialize_actnorms``).
-    """
-    shape_t = as_event_shape(shape)
-    assert shape_t is not None and len(shape_t) == 3
-    flow = Compose(MultiScaleLevel(shape_t, scales, hidden, checker, channel),
-                   LogitTransform(shape_t, alpha), event_shape=shape_t)
-    return FlowModel(flow)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -524,23 +422,3 @@ def interpolate(model: FlowModel, a: Tensor, b: Tensor, steps: int = 8) -> Tenso
     return y.clamp(0, 1)
 
 
-def image_grid(images: Tensor, nrow: int, ax=None, title: str | None = None, pad: int = 1):
-    """Tile ``[N, 1, H, W]`` images (uint8 levels or floats in ``[0, 1]``) into one picture."""
-    import matplotlib.pyplot as plt
-
-    x = images.detach().cpu().float()
-    if not images.is_floating_point():
-        x = x / (LEVELS - 1)
-    n, _, h, w = x.shape
-    rows = math.ceil(n / nrow)
-    canvas = torch.ones(rows * (h + pad) + pad, nrow * (w + pad) + pad)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        canvas[pad + r * (h + pad):pad + r * (h + pad) + h,
-               pad + c * (w + pad):pad + c * (w + pad) + w] = x[i, 0]
-    ax = ax or plt.gca()
-    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    return ax

@@ -13,7 +13,7 @@ start (the instantaneous change of variables, ``d log p(x(t))/dt = -div v``). Fo
 
 The divergence is exact (autograd, one pass per dimension; the default for evaluation) or
 Hutchinson's estimate with one probe per sample held fixed for the whole solve (FFJORD; the
-default for training). Solvers come from :mod:`nfcourse.cnf.solvers`; the training and
+default for training). Solvers come from :mod:`nfcourse.ode.solvers`; the training and
 evaluation solvers are separate settings, picked by ``module.training``.
 """
 
@@ -27,50 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nfcourse.cnf.divergence import (divergence_exact, divergence_hutchinson, jacobian_rows,
+from nfcourse.ode.divergence import (divergence_exact, divergence_hutchinson, jacobian_rows,
                                      sample_probe)
-from nfcourse.cnf.solvers import SolverSpec, solve
-from nfcourse.distributions import StandardNormal
-from nfcourse.flows.base import Flow
-from nfcourse.model import FlowModel
-from nfcourse.validation import check_count
+from nfcourse.ode.solvers import SolverSpec, solve
+from nfcourse.core.distributions import StandardNormal
+from nfcourse.core.flow import Flow
+from nfcourse.core.model import FlowModel
+from nfcourse.nn import TimeMLP
+from nfcourse.core.validation import check_count
 
 DIVERGENCES = ("exact", "gaussian", "rademacher")
 _ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
-
-
-class TimeMLP(nn.Module):
-    """A time-conditioned vector field ``v(x, t)``: ``x [B, D]``, ``t`` scalar -> ``[B, D]``.
-
-    An MLP whose every layer sees ``t`` as one extra input, so the field can change its shape
-    along the flow, not only its input. Smooth activations (``tanh``, ``softplus``) keep the
-    field differentiable, which the divergence and adaptive solvers need. The last layer
-    starts at zero: the initial flow is the identity, the easiest ODE there is to solve.
-    """
-
-    def __init__(self, dim: int, hidden: int = 64, layers: int = 3,
-                 activation: str = "tanh") -> None:
-        super().__init__()
-        if dim < 1 or hidden < 1 or layers < 1:
-            raise ValueError(f"TimeMLP: dim, hidden and layers must be >= 1, got {dim}, "
-                             f"{hidden}, {layers}.")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"TimeMLP: unknown activation {activation!r}; choose one of "
-                             f"{', '.join(_ACTIVATIONS)}.")
-        widths = [dim] + [hidden] * layers
-        self.hidden = nn.ModuleList(nn.Linear(a + 1, b) for a, b in zip(widths, widths[1:]))
-        self.act = _ACTIVATIONS[activation]()
-        self.out = nn.Linear(hidden + 1, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.dim = dim
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        tt = t.to(x.dtype).reshape(1, 1).expand(x.shape[0], 1)
-        h = x
-        for layer in self.hidden:
-            h = self.act(layer(torch.cat([h, tt], dim=1)))
-        return self.out(torch.cat([h, tt], dim=1))
 
 
 class LinearField(nn.Module):
@@ -142,7 +109,7 @@ class AugmentedDynamics(nn.Module):
 
 
 class ContinuousFlow(Flow):
-    """A CNF as a :class:`~nfcourse.flows.base.Flow`: noise at ``t = 0``, data at ``t = T``.
+    """A CNF as a :class:`~nfcourse.core.flow.Flow`: noise at ``t = 0``, data at ``t = T``.
 
     Args:
         field: the vector field ``v(t, x)``, e.g. :class:`TimeMLP`.
@@ -319,12 +286,3 @@ class CNF(FlowModel):
         return self.cflow.transport(z, to_data=True)
 
 
-def cnf_from_spec(*, train_solver: SolverSpec | dict[str, Any] | None = None,
-                  eval_solver: SolverSpec | dict[str, Any] | None = None,
-                  **kwargs: Any) -> CNF:
-    """Build a :class:`CNF` from :meth:`CNF.model_spec` keyword arguments (the checkpoint
-    builder ``"cnf"``): solver specs may be given as the dicts a checkpoint stores."""
-    def as_spec(value: SolverSpec | dict[str, Any] | None) -> SolverSpec | None:
-        return SolverSpec(**value) if isinstance(value, dict) else value
-
-    return CNF(train_solver=as_spec(train_solver), eval_solver=as_spec(eval_solver), **kwargs)

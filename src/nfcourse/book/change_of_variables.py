@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from nfcourse.flows.base import Flow
+from nfcourse.core.flow import Flow
 
 
 def interval_mass_check(flow: Flow, base_cdf, a: float, b: float, n: int = 20_001

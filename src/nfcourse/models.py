@@ -1,0 +1,186 @@
+"""Every model the book trains, and the one registry that rebuilds them from a checkpoint.
+
+A builder takes keyword arguments only and returns a ready model; :data:`BUILTIN_MODELS` maps
+the name a checkpoint stores (``model_spec["name"]``) to it, so a fresh process that imports
+this module can rebuild any of them. :func:`register_model` adds a user's own builder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfcourse.core.flow import Compose, Flow, as_event_shape
+from nfcourse.core.model import FlowModel
+from nfcourse.flows.continuous import CNF
+from nfcourse.flows.coupling import AdditiveCoupling, AffineCoupling, DiagonalScaling, coupling_masks
+from nfcourse.flows.glow import GlowLevel, GlowStep, _event
+from nfcourse.data.images import MNIST_SHAPE
+from nfcourse.flows.images import LogitTransform, MultiScaleLevel, Reshape, checkerboard_vector
+from nfcourse.nn import VelocityMLP
+from nfcourse.ode.solvers import SolverSpec
+from nfcourse.vae import VAE, elbo_objective
+
+
+def realnvp(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2,
+            masks: str = "halves", scale_bound: float = 3.0) -> FlowModel:
+    """A RealNVP density model: ``layers`` affine couplings with alternating masks, ``N(0, I)``.
+
+    ``masks="lecture"`` builds the lecture's defective split instead (see
+    :func:`coupling_masks`). Starts as the identity map, so initially ``p = N(0, I)``.
+    """
+
+
+    flows = [AffineCoupling(m, hidden, depth, scale_bound)
+             for m in coupling_masks(features, layers, masks)]
+    return FlowModel(Compose(*flows))
+
+
+def nice(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2,
+         masks: str = "halves") -> FlowModel:
+    """A NICE density model: ``layers`` additive couplings and a diagonal scaling layer.
+
+    The scaling sits next to the base distribution (in the data -> latent direction it is
+    applied last, as in the NICE paper), so it rescales the Gaussian before the couplings
+    bend it.
+    """
+
+
+    flows: list[Flow] = [DiagonalScaling(features)]
+    flows += [AdditiveCoupling(m, hidden, depth) for m in coupling_masks(features, layers, masks)]
+    return FlowModel(Compose(*flows))
+
+
+def glow(event_shape: Sequence[int] = (1, 8, 8), levels: int = 2, steps: int = 4,
+         hidden: int = 64, *, lu: bool = True, seed: int | None = 0) -> FlowModel:
+    """A multi-scale Glow density model for images ``[B, C, H, W]`` with a ``N(0, I)`` base.
+
+    ``levels`` scales of ``steps`` Glow steps each; ``H`` and ``W`` must be divisible by
+    ``2**levels``. ``seed`` fixes the random rotations the 1x1 convolutions start from (the
+    coupling nets use the global RNG). ActNorms initialise on the first training batch, or
+    call :func:`initialize_actnorms` with a larger one.
+    """
+
+
+    shape = _event(event_shape)
+    if len(shape) != 3:
+        raise ValueError(f"glow() is for images (C, H, W); got {shape}. Use glow_2d for vectors.")
+    if shape[1] % 2**levels or shape[2] % 2**levels:
+        raise ValueError(f"glow(): {levels} levels halve the image {levels} times, so H and W "
+                         f"must be divisible by {2**levels}; got {shape[1]}x{shape[2]}.")
+    g = None if seed is None else torch.Generator().manual_seed(seed)
+    return FlowModel(GlowLevel(shape, steps, hidden, levels, lu, g))
+
+
+def glow_2d(features: int = 2, steps: int = 8, hidden: int = 64, *, depth: int = 2,
+            lu: bool = True, scale_bound: float = 3.0, seed: int | None = 0) -> FlowModel:
+    """A Glow-style density model for vectors: ``steps`` x (ActNorm, LU linear, coupling)."""
+
+
+    g = None if seed is None else torch.Generator().manual_seed(seed)
+    flows = [GlowStep((features,), hidden, lu, depth, scale_bound, g) for _ in range(steps)]
+    return FlowModel(Compose(*flows))
+
+
+def tiny_realnvp(shape: Sequence[int] = MNIST_SHAPE, layers: int = 12, hidden: int = 256, *,
+                 depth: int = 2, alpha: float = 0.05, scale_bound: float = 3.0) -> FlowModel:
+    """The lecture's "tiny RealNVP": dense affine couplings on the flattened image.
+
+    A density on ``y`` in ``[0, 1)^D`` (``D = 784`` for MNIST): data -> latent it applies the
+    logit transform, flattens, and runs ``layers`` couplings (MLP conditioner with ``depth``
+    hidden layers of ``hidden`` units) whose kept pixels alternate between the two colours
+    of a checkerboard; every pixel is transformed by every other layer.
+    """
+    shape_t = as_event_shape(shape)
+    assert shape_t is not None and len(shape_t) == 3
+    d = math.prod(shape_t)
+    couplings: list[Flow] = []
+    for k in range(layers):
+        mask = checkerboard_vector(shape_t[1:], k % 2).repeat(shape_t[0])
+        couplings.append(AffineCoupling(mask, hidden, depth, scale_bound))
+    flow = Compose(Reshape(shape_t, (d,)), *couplings, Reshape((d,), shape_t),
+                   LogitTransform(shape_t, alpha), event_shape=shape_t)
+    return FlowModel(flow)
+
+
+def multiscale_realnvp(shape: Sequence[int] = MNIST_SHAPE, scales: int = 3, hidden: int = 64, *,
+                       checker: int = 3, channel: int = 3, alpha: float = 0.05) -> FlowModel:
+    """A RealNVP-style multi-scale convolutional flow (density on ``y`` in ``[0, 1)^D``).
+
+    For MNIST with ``scales=3``: 1x28x28 -> (checkerboard x3, squeeze, channel x3, split) ->
+    2x14x14 -> (same) -> 4x7x7 -> checkerboard x4. ActNorm precedes each coupling.
+    ActNorms initialise from the first training batch (or ``initialize_actnorms``).
+    """
+    shape_t = as_event_shape(shape)
+    assert shape_t is not None and len(shape_t) == 3
+    flow = Compose(MultiScaleLevel(shape_t, scales, hidden, checker, channel),
+                   LogitTransform(shape_t, alpha), event_shape=shape_t)
+    return FlowModel(flow)
+
+
+
+def cnf_from_spec(*, train_solver: SolverSpec | dict[str, Any] | None = None,
+                  eval_solver: SolverSpec | dict[str, Any] | None = None,
+                  **kwargs: Any) -> CNF:
+    """Build a :class:`CNF` from :meth:`CNF.model_spec` keyword arguments (the checkpoint
+    builder ``"cnf"``): solver specs may be given as the dicts a checkpoint stores."""
+    def as_spec(value: SolverSpec | dict[str, Any] | None) -> SolverSpec | None:
+        return SolverSpec(**value) if isinstance(value, dict) else value
+
+    return CNF(train_solver=as_spec(train_solver), eval_solver=as_spec(eval_solver), **kwargs)
+
+
+# name -> builder(**kwargs); the name is what a checkpoint's model_spec stores.
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "realnvp": realnvp,                        # chapter 2, fit() and the CLI
+    "nice": nice,
+    "glow": glow,                              # chapter 3, Glow on digits
+    "glow_2d": glow_2d,
+    "cnf": cnf_from_spec,                      # chapter 4, CNF / FFJORD
+    "tiny_realnvp": tiny_realnvp,              # chapter 5, MNIST
+    "multiscale_realnvp": multiscale_realnvp,
+    "velocity_mlp": VelocityMLP,               # chapter 6, flow matching
+    "vae": VAE,                                # chapter 8, a bare VAE
+    "vae_elbo": elbo_objective,                # chapter 8, what fit() trains
+}
+
+# The models `python -m nfcourse train` builds for 2-D data (its --model choices).
+TWO_D_MODELS: tuple[str, ...] = ("nice", "realnvp")
+
+# Builders added at run time with register_model (user models); the built-in ones are above.
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def model_names() -> list[str]:
+    """Every name :func:`build_model` accepts, built-in and registered, sorted."""
+    return sorted({*BUILTIN_MODELS, *MODEL_BUILDERS})
+
+
+def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
+    """Make ``builder`` available to :func:`build_model` under ``name`` (names must be new).
+
+    Only a process that has called this can load such checkpoints; the book's own models are
+    in :data:`BUILTIN_MODELS` and need no registration.
+    """
+    if name in MODEL_BUILDERS or name in BUILTIN_MODELS:
+        raise ValueError(f"a model called {name!r} is already registered.")
+    MODEL_BUILDERS[name] = builder
+
+
+def resolve_builder(name: object) -> Callable[..., nn.Module]:
+    """The builder for ``name``: a registered one or a built-in one."""
+    if isinstance(name, str) and name in MODEL_BUILDERS:
+        return MODEL_BUILDERS[name]
+    if not isinstance(name, str) or name not in BUILTIN_MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(model_names())} "
+                         "(or register_model() your own builder first).")
+    return BUILTIN_MODELS[name]
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Build a model from ``{"name": "realnvp", "kwargs": {"layers": 8, ...}}``."""
+    return resolve_builder(spec.get("name"))(**spec.get("kwargs", {}))

@@ -1,0 +1,146 @@
+"""The networks inside the flows: conditioners and time-conditioned vector fields.
+
+* :func:`mlp` -- the conditioner of vector couplings (and the VAE's encoder and decoder).
+* :func:`conv_net` -- the conditioner of image couplings and of the split prior.
+* :class:`TimeMLP`, :class:`VelocityMLP` -- vector fields ``v(t, x)`` for continuous flows
+  and flow matching.
+
+Every conditioner ends in a zero-initialised layer, so a new coupling is the identity map and
+training starts from the base distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+_ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
+
+
+def mlp(inputs: int, outputs: int, hidden: int, depth: int = 2,
+        activation: type[nn.Module] = nn.ReLU, zero_last: bool = True) -> nn.Sequential:
+    """``inputs -> hidden (x depth) -> outputs``; the last layer starts at zero if ``zero_last``.
+
+    A zero last layer makes ``s = t = 0``, so a freshly built coupling flow is the identity and
+    training starts from the base distribution rather than from a random warp of it.
+    """
+    layers: list[nn.Module] = []
+    width = inputs
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), activation()]
+        width = hidden
+    last = nn.Linear(width, outputs)
+    if zero_last:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    layers.append(last)
+    return nn.Sequential(*layers)
+
+
+def conv_net(inputs: int, outputs: int, hidden: int | None) -> nn.Sequential:
+    """Conditioner for image couplings: ``3x3 -> ReLU -> 1x1 -> ReLU -> 3x3`` (zero last).
+
+    ``hidden=None`` gives a single zero-initialised 3x3 convolution (Glow's split prior). The
+    last convolution starts at zero so a new coupling (or prior) is the identity (or
+    ``N(0, I)``), as for the vector couplings of chapter 2.
+    """
+    if hidden is None:
+        layers: list[nn.Module] = []
+        last = nn.Conv2d(inputs, outputs, 3, padding=1)
+    else:
+        if hidden < 1:
+            raise ValueError(f"hidden channels must be >= 1, got {hidden}.")
+        layers = [nn.Conv2d(inputs, hidden, 3, padding=1), nn.ReLU(),
+                  nn.Conv2d(hidden, hidden, 1), nn.ReLU()]
+        last = nn.Conv2d(hidden, outputs, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class TimeMLP(nn.Module):
+    """A time-conditioned vector field ``v(x, t)``: ``x [B, D]``, ``t`` scalar -> ``[B, D]``.
+
+    An MLP whose every layer sees ``t`` as one extra input, so the field can change its shape
+    along the flow, not only its input. Smooth activations (``tanh``, ``softplus``) keep the
+    field differentiable, which the divergence and adaptive solvers need. The last layer
+    starts at zero: the initial flow is the identity, the easiest ODE there is to solve.
+    """
+
+    def __init__(self, dim: int, hidden: int = 64, layers: int = 3,
+                 activation: str = "tanh") -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1 or layers < 1:
+            raise ValueError(f"TimeMLP: dim, hidden and layers must be >= 1, got {dim}, "
+                             f"{hidden}, {layers}.")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"TimeMLP: unknown activation {activation!r}; choose one of "
+                             f"{', '.join(_ACTIVATIONS)}.")
+        widths = [dim] + [hidden] * layers
+        self.hidden = nn.ModuleList(nn.Linear(a + 1, b) for a, b in zip(widths, widths[1:]))
+        self.act = _ACTIVATIONS[activation]()
+        self.out = nn.Linear(hidden + 1, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.dim = dim
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        tt = t.to(x.dtype).reshape(1, 1).expand(x.shape[0], 1)
+        h = x
+        for layer in self.hidden:
+            h = self.act(layer(torch.cat([h, tt], dim=1)))
+        return self.out(torch.cat([h, tt], dim=1))
+
+
+class VelocityMLP(nn.Module):
+    """``v(t, x)``: ``x [B, D]`` and ``t`` (float, 0-d or ``[B]``) -> velocity ``[B, D]``.
+
+    Every hidden layer sees the time through a few Fourier features
+    ``(t, sin 2 pi k t, cos 2 pi k t)``, ``k = 1..frequencies``; smooth activations keep the
+    field differentiable for the exact divergence and adaptive solvers.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3,
+                 activation: str = "silu", frequencies: int = 2) -> None:
+        super().__init__()
+        if dim < 1 or hidden < 1 or layers < 1 or frequencies < 0:
+            raise ValueError(f"VelocityMLP: dim, hidden, layers must be >= 1 and frequencies >= "
+                             f"0, got {dim}, {hidden}, {layers}, {frequencies}.")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"VelocityMLP: unknown activation {activation!r}; choose one of "
+                             f"{', '.join(_ACTIVATIONS)}.")
+        self.dim, self.frequencies = dim, frequencies
+        n_t = 1 + 2 * frequencies
+        widths = [dim] + [hidden] * layers
+        self.hidden = nn.ModuleList(nn.Linear(a + n_t, b) for a, b in zip(widths, widths[1:]))
+        self.out = nn.Linear(hidden, dim)
+        self.act = _ACTIVATIONS[activation]()
+
+    def time_features(self, t: Tensor | float, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        if isinstance(t, Tensor):
+            t = t.to(dtype=x.dtype, device=x.device)
+            if t.dim() == 0 or t.numel() == 1:
+                t = t.reshape(1).expand(b)
+            elif t.shape != (b,):
+                raise ValueError(f"VelocityMLP: t must be a float, a 0-d tensor or [B] = [{b}], "
+                                 f"got shape {list(t.shape)}.")
+        else:
+            t = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
+        feats = [t[:, None]]
+        for k in range(1, self.frequencies + 1):
+            feats += [torch.sin(2 * math.pi * k * t)[:, None],
+                      torch.cos(2 * math.pi * k * t)[:, None]]
+        return torch.cat(feats, dim=1)
+
+    def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"VelocityMLP: x must be [B, {self.dim}], got "
+                             f"{getattr(x, 'shape', type(x).__name__)}.")
+        tf = self.time_features(t, x)
+        h = x
+        for layer in self.hidden:
+            h = self.act(layer(torch.cat([h, tf], dim=1)))
+        return self.out(h)
