@@ -77,7 +77,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def _train(args: argparse.Namespace) -> int:
     import torch
 
-    from nfcourse.book import seed_everything
+    from nfcourse.core.seeding import seed_everything
     from nfcourse.models import build_model
     from nfcourse.data.toy2d import get_sampler
     from nfcourse.training.engine import TrainConfig, fit

@@ -5,19 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
-import random
 
-import numpy as np
 import torch
 
+from nfcourse.core.seeding import seed_everything
 from nfcourse.profiles import Profile, active_profile
 
+__all__ = ["setup", "show_banner", "banner", "seed_everything"]
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def setup(seed: int = 0, threads: int = 2) -> Profile:

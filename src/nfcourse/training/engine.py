@@ -46,7 +46,7 @@ class TrainConfig:
             ``min_delta`` (``None``: never stop early).
         restore_best: at the end, load the weights with the best held-out NLL.
         seed: seeds the data stream (and the held-out set); the model's own initialisation is
-            the caller's business (``nfcourse.book.seed_everything`` before building it).
+            the caller's business (``nfcourse.core.seeding.seed_everything`` before building it).
         checkpoint_every: write the checkpoint every this many steps (and always at the end).
     """
 

@@ -271,7 +271,7 @@ def add_train_mnist_args(p: argparse.ArgumentParser) -> None:
 
 def main_train_mnist(args: argparse.Namespace) -> int:
     """``python -m nfcourse train mnist``; under torchrun it joins the process group."""
-    from nfcourse.book import seed_everything
+    from nfcourse.core.seeding import seed_everything
     from nfcourse.data.mnist import MnistError, mnist_train_test
     from nfcourse.profiles import active_profile
 
