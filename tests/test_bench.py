@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 
-from nfcourse.book.bench import (Ratio, Timing, alternate, load_average, machine_info, quartiles,
-                            ratio, versions)
+from nfcourse.book.bench import (GROUPS, Ratio, Stopwatch, Timing, alternate, backward_pass,
+                                 block_trainer, common_verdict, format_ratios, load_average,
+                                 machine_info, median_profiles, median_seconds, op_profile,
+                                 quartiles, ratio, ratios_to, versions)
 
 
 class FakeClock:
@@ -178,3 +180,84 @@ def test_a_missing_peer_names_the_cell_to_run(monkeypatch):
                         lambda name, *a: None if name == "nflows" else real(name, *a))
     with pytest.raises(ModuleNotFoundError, match=r"nflows\..*%pip install --no-deps zuko=="):
         bench.require_peers()
+
+
+def test_stopwatch_bounds_the_idle_time_by_wall_and_cpu():
+    import time
+
+    with Stopwatch() as clock:
+        end = time.process_time() + 0.05
+        while time.process_time() < end:   # busy: CPU time ~ wall time
+            pass
+        time.sleep(0.1)                    # idle: wall time only
+    assert clock.wall >= 0.15 and 0.04 < clock.cpu < clock.wall
+    assert clock.idle_bound == clock.cpu
+    assert "wall-clock" in str(clock)
+    with pytest.raises(RuntimeError, match="start"):
+        Stopwatch().stop()
+
+
+def test_median_seconds_is_the_median_of_single_calls():
+    # One warm-up call, then three timed ones taking 1 s, 5 s and 2 s: the median is 2 s.
+    costs = iter([100.0, 1.0, 5.0, 2.0])
+    clock = FakeClock()
+    assert median_seconds(lambda: clock.advance(next(costs)), repeats=3, clock=clock) == 2.0
+
+
+def _ratio(*per_round: float) -> Ratio:
+    return Ratio("peer", "mine", per_round)
+
+
+def test_verdicts_only_outside_the_interquartile_range():
+    assert _ratio(1.2, 1.3, 1.4, 1.5).verdict == "faster than"
+    assert _ratio(0.6, 0.7, 0.8, 0.9).verdict == "slower than"
+    assert _ratio(0.8, 0.95, 1.05, 1.3).verdict == "level with"
+    faster = {"a": _ratio(1.2, 1.3, 1.4), "b": _ratio(1.5, 1.6, 1.7)}
+    assert common_verdict(faster) == "faster than"
+    assert common_verdict({**faster, "c": _ratio(0.5, 0.6, 0.7)}) == "mixed against"
+
+
+def test_ratios_to_a_reference_and_their_table():
+    t = {"mine": Timing("mine", (1.0, 2.0)), "peer": Timing("peer", (2.0, 6.0)),
+         "other": Timing("other", (1.0, 1.0))}
+    r = ratios_to(t, "mine")
+    assert list(r) == ["peer", "other"] and r["peer"].per_round == (2.0, 3.0)
+    text = format_ratios("title", r)
+    assert text.splitlines()[0] == "title" and "mine vs peer" in text and "2.50x" in text
+
+
+def test_block_trainer_takes_consecutive_steps_across_calls():
+    w = torch.nn.Parameter(torch.zeros(()))
+    seen = []
+
+    def loss_at(k: int) -> torch.Tensor:
+        seen.append(k)
+        return (w - 1.0).square()
+
+    run = block_trainer([w], loss_at, lr=0.1, block=3)
+    run()
+    run()
+    assert seen == [0, 1, 2, 3, 4, 5] and 0 < float(w.detach()) < 1   # six Adam steps towards 1
+    with pytest.raises(ValueError, match="block"):
+        block_trainer([w], loss_at, lr=0.1, block=0)
+
+
+def test_backward_pass_clears_gradients_first():
+    lin = torch.nn.Linear(2, 1)
+    x = torch.ones(4, 2)
+    run = backward_pass(lin, lambda: lin(x).sum())
+    run()
+    run()                       # without clearing, the gradient would double
+    assert torch.equal(lin.weight.grad, torch.full((1, 2), 4.0))
+
+
+def test_op_profile_counts_operators_and_flops_exactly():
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    p = op_profile(lambda: a @ b, reps=2)
+    assert p.calls >= 1 and p.mflop == pytest.approx(2 * 64 * 32 * 16 / 1e6)
+    assert set(p.ms) == set(GROUPS) and p.ms["matrix products"] > 0
+    both = median_profiles({"mm": lambda: a @ b, "relu": lambda: torch.relu(a)}, runs=2)
+    assert both["mm"].mflop == p.mflop and both["relu"].mflop == 0
+    assert both["relu"].ms["activations"] > 0
+    with pytest.raises(ValueError, match="runs"):
+        median_profiles({"mm": lambda: a @ b}, runs=0)

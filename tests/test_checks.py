@@ -88,3 +88,15 @@ def test_check_close() -> None:
         check_close("mass", 1.02, 1.0, 0.01, "one")
     with pytest.raises(ValueError, match="tolerance must be positive"):
         check_close("mass", 1.0, 1.0, 0.0)
+
+
+def test_versus_says_who_wins_and_calls_small_gaps_a_tie() -> None:
+    from nfcourse.book.checks import versus
+
+    assert versus(1.70, 0.01, 1.80).startswith("beats them by 0.100 ± 0.010")
+    assert versus(1.90, 0.01, 1.80).startswith("loses to them by 0.100")
+    assert versus(1.805, 0.01, 1.80).startswith("is level with them (a difference of +0.005")
+    assert versus(2.0, 0.01, 1.0, better="higher", unit="nats").endswith("nats")
+    assert versus(2.0, 0.01, 1.0, better="higher").startswith("beats")
+    with pytest.raises(ValueError, match="se and ties_within"):
+        versus(1.0, -0.1, 1.0)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from nfcourse.metrics.stats import mean_se
 from nfcourse.ode.divergence import (divergence_exact, divergence_hutchinson, hutchinson_trace,
-                                     hutchinson_variance, jacobian_rows, mean_and_se,
-                                     sample_probe)
+                                     hutchinson_variance, jacobian_rows, sample_probe)
 
 
 def _mlp(d, seed=0):
@@ -35,7 +35,7 @@ def test_hutchinson_is_unbiased(kind):
     exact = divergence_exact(v, x)[0]
     g = torch.Generator().manual_seed(7)
     est, vjp = divergence_hutchinson(v, x, sample_probe((n, 4), kind, g, torch.float64))
-    mean, se = mean_and_se(est)
+    mean, se = mean_se(est)
     assert abs(mean - float(exact)) < 3 * se, (mean, float(exact), se)
     # the sample variance matches the closed form (relative error ~ sqrt(2/n) ~ 1%)
     x1 = x0.clone().requires_grad_(True)
@@ -44,7 +44,7 @@ def test_hutchinson_is_unbiased(kind):
     assert abs(float(est.var()) / var_theory - 1) < 0.1
     # |e^T J|^2 estimates |J|_F^2 without bias as well
     fro2 = float(jac.square().sum())
-    m2, se2 = mean_and_se(vjp.square().sum(1))
+    m2, se2 = mean_se(vjp.square().sum(1))
     assert abs(m2 - fro2) < 3 * se2
 
 

@@ -5,7 +5,7 @@ import torch
 
 from nfcourse.flows import CNF
 from nfcourse.ode import SolverSpec
-from nfcourse.book.measure import (SavedTensorMeter, Stopwatch, compare_adjoint,
+from nfcourse.book.measure import (SavedTensorMeter, compare_adjoint,
                                   measure_backward, time_sampling)
 
 
@@ -79,18 +79,3 @@ def test_time_sampling_reports_the_solvers_nfe_and_restores_it():
 def test_bad_repeats():
     with pytest.raises(ValueError, match="repeats"):
         measure_backward(lambda: torch.zeros(()), repeats=0)
-
-
-def test_stopwatch_bounds_the_idle_time_by_wall_and_cpu():
-    import time
-
-    with Stopwatch() as clock:
-        end = time.process_time() + 0.05
-        while time.process_time() < end:   # busy: CPU time ~ wall time
-            pass
-        time.sleep(0.1)                    # idle: wall time only
-    assert clock.wall >= 0.15 and 0.04 < clock.cpu < clock.wall
-    assert clock.idle_bound == clock.cpu
-    assert "wall-clock" in str(clock)
-    with pytest.raises(RuntimeError, match="start"):
-        Stopwatch().stop()

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nfcourse.flows import CNF, ContinuousFlow, LinearField
-from nfcourse.nn import TimeMLP
+from nfcourse.nn import VelocityMLP
 from nfcourse.ode import SolverSpec, convergence_order
-from nfcourse.ode.divergence import mean_and_se
+from nfcourse.metrics.stats import mean_se
 from nfcourse.core.testing import check_flow
 
 TIGHT = SolverSpec("dopri5", rtol=1e-10, atol=1e-10)
@@ -109,7 +109,7 @@ def test_hutchinson_log_prob_is_unbiased(kind):
     model.cflow.generator = torch.Generator().manual_seed(11)
     with model.cflow.override(solver=SolverSpec("rk4", steps=20), divergence=kind):
         estimates = model.log_prob(x).detach()
-    mean, se = mean_and_se(estimates)
+    mean, se = mean_se(estimates)
     assert se > 0
     assert abs(mean - float(exact)) < 3 * se + 1e-5  # + the RK4 error, ~1e-7 here
     # the same on the linear field, whose log-det -T tr(A) = -0.45 is far from 0: an estimator
@@ -117,7 +117,7 @@ def test_hutchinson_log_prob_is_unbiased(kind):
     flow = _linear_flow(divergence=kind, solver=SolverSpec("rk4", steps=4)).eval()
     flow.generator = torch.Generator().manual_seed(12)
     _, logdet = flow.inverse(x)
-    mean, se = mean_and_se(logdet)
+    mean, se = mean_se(logdet)
     exact_logdet = -flow.T * float(torch.trace(A))
     assert abs(exact_logdet) > 10 * se
     assert abs(mean - exact_logdet) < 3 * se
@@ -210,9 +210,9 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="eval_divergence"):
         CNF(2, eval_divergence="hutch")
     with pytest.raises(ValueError, match="T must be > 0"):
-        ContinuousFlow(TimeMLP(2), 2, T=0.0)
+        ContinuousFlow(VelocityMLP(2), 2, T=0.0)
     with pytest.raises(ValueError, match="activation"):
-        TimeMLP(2, activation="relu6")
+        VelocityMLP(2, activation="relu6")
     with pytest.raises(ValueError, match="square"):
         LinearField(torch.ones(2, 3))
     with pytest.raises(ValueError, match="divergence="):
@@ -236,3 +236,23 @@ def test_short_training_lowers_the_nll():
     assert before - after > 0.3, (before, after)
     assert len(model.cflow.nfe_history) == 80 and set(model.cflow.nfe_history) == {16}
     assert history.finished
+
+
+def test_the_time_mlp_takes_a_scalar_or_a_batch_of_times():
+    torch.manual_seed(0)
+    x = torch.randn(4, 2)
+    for field in (VelocityMLP(2, 8, 2), VelocityMLP(2, 8, 2, "tanh", 0, time_in_output=True)):
+        t = torch.tensor([0.1, 0.1, 0.1, 0.1])
+        same = [field(0.1, x), field(torch.tensor(0.1), x), field(t, x)]
+        for out in same[1:]:
+            torch.testing.assert_close(out, same[0])
+        per_point = field(torch.tensor([0.0, 0.3, 0.6, 0.9]), x)
+        rows = [field(float(s), x[i:i + 1]) for i, s in enumerate([0.0, 0.3, 0.6, 0.9])]
+        torch.testing.assert_close(per_point, torch.cat(rows))
+        with pytest.raises(ValueError, match=r"\[B\] = \[4\]"):
+            field(torch.zeros(3), x)
+    # the CNF's field sees t in its output layer too and starts at v = 0 (the identity flow)
+    cnf_field = CNF(2, hidden=8, layers=2).cflow.field
+    assert cnf_field.out.in_features == 8 + 1
+    assert torch.equal(cnf_field(torch.tensor(0.5), x), torch.zeros(4, 2))
+    assert VelocityMLP(2, 8, 2).out.in_features == 8      # flow matching's: hidden layers only

@@ -31,6 +31,7 @@ def _make(name: str, dim: int, g: torch.Generator) -> Flow:
         "exp": lambda: nf.Exp(dim),
         "sigmoid": lambda: nf.Sigmoid(dim),
         "logit": lambda: nf.Logit(dim),
+        "logit-alpha": lambda: nf.Logit(dim, alpha=0.1),
         "polar": lambda: nf.Polar(),
         "planar": lambda: nf.Planar(dim, generator=g, init_scale=2.0),
         "radial": lambda: nf.Radial(dim, generator=g),
@@ -41,7 +42,7 @@ def _make(name: str, dim: int, g: torch.Generator) -> Flow:
     return makers[name]()
 
 
-FLOWS = ["affine", "exp", "sigmoid", "logit", "polar", "planar", "radial", "compose",
+FLOWS = ["affine", "exp", "sigmoid", "logit", "logit-alpha", "polar", "planar", "radial", "compose",
          "inverse-planar"]
 
 
@@ -222,6 +223,19 @@ def test_validation_can_be_switched_off_for_speed() -> None:
         nf.Planar(2).forward(torch.full((1, 2), float("nan")))  # no error raised
     with pytest.raises(ValueError):
         nf.Planar(2).forward(torch.full((1, 2), float("nan")))
+
+
+def test_validation_off_skips_the_parameter_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nfcourse.core.flow as flow_module
+
+    def walk(module: torch.nn.Module) -> None:
+        raise AssertionError("module_dtype_device called")
+
+    monkeypatch.setattr(flow_module, "module_dtype_device", walk)
+    with nf.validation(False):
+        nf.Planar(2).forward(torch.zeros(1, 2))
+    with pytest.raises(AssertionError, match="module_dtype_device called"):
+        nf.Planar(2).forward(torch.zeros(1, 2))
 
 
 def test_compose_rejects_non_flows() -> None:

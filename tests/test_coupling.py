@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from nfcourse import check_flow
-from nfcourse.core import Compose
-from nfcourse.flows import (AdditiveCoupling, AffineCoupling, DiagonalScaling, coupling_masks,
+from nfcourse.core import Compose, Inverse
+from nfcourse.flows import (AdditiveCoupling, AffineCoupling, ChannelSplit, Checkerboard,
+                            ContextOnly, DiagonalScaling, IndexSplit, coupling_masks,
                             never_transformed)
 from nfcourse.models import nice, realnvp
-from nfcourse.flows.coupling import MASK_KINDS, soft_clamp
+from nfcourse.flows.coupling import MASK_KINDS, checkerboard_mask, soft_clamp
 
 
 def _randomise(module: torch.nn.Module, gen: torch.Generator, scale: float = 0.5) -> None:
@@ -71,8 +72,8 @@ def test_the_jacobian_is_triangular_with_exp_s_on_the_diagonal(gen):
     # each transformed output depends on its own input only, through exp(s)
     block = jac[free][:, free]
     assert float((block - torch.diag(torch.diagonal(block))).abs().max()) == 0.0
-    s, _ = layer._scale_shift(z)
-    torch.testing.assert_close(torch.diagonal(block), s[0, free].exp())
+    s, _ = layer._scale_shift(z, None)              # s of the transformed coordinates only
+    torch.testing.assert_close(torch.diagonal(block), s[0].exp())
 
 
 def test_new_flows_are_the_identity():
@@ -161,3 +162,94 @@ def test_bad_construction_and_inputs_raise_with_the_fix():
         model.log_prob(torch.tensor([[0.0, math.nan]]))
     with pytest.raises(TypeError, match="Compose"):
         Compose(model)  # a FlowModel is not a Flow
+    with pytest.raises(ValueError, match="given"):
+        AffineCoupling(IndexSplit(torch.tensor([True, False])), 8, context=2)(torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="context"):
+        AffineCoupling(ContextOnly(2))          # keeps nothing and sees nothing: a constant
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def _masked_reference(layer: AffineCoupling, z: torch.Tensor) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """The masked formulation on ``layer``'s weights: the network sees ``z * mask`` through a
+    first layer that is ``D`` wide (zero columns for the transformed inputs) and writes ``s, t``
+    for every coordinate, then the mask zeroes them on the kept ones."""
+    mask = layer.partition.mask.to(z.dtype)
+    kept, free = layer.partition.kept_idx, layer.partition.free_idx
+    first, last = layer.net[0], layer.net[-1]
+    d, n_free = mask.numel(), free.numel()
+    w_in = z.new_zeros(first.out_features, d).index_copy(1, kept, first.weight)
+    h = torch.nn.functional.linear(z * mask, w_in, first.bias)
+    for module in list(layer.net)[1:-1]:
+        h = module(h)
+    out = last(h)
+    raw_s = z.new_zeros(z.shape[0], d).index_copy(1, free, out[:, :n_free])
+    t = z.new_zeros(z.shape[0], d).index_copy(1, free, out[:, n_free:])
+    s = soft_clamp(raw_s, layer.scale_bound) * (1 - mask)
+    return z * torch.exp(s) + t * (1 - mask), s.sum(dim=1)
+
+
+@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("features", [2, 3, 5])
+def test_index_split_equals_the_masked_formulation(kind, features, gen):
+    for mask in coupling_masks(features, 2, kind):
+        layer = AffineCoupling(mask, hidden=8).double()
+        _randomise(layer, gen)
+        z = torch.randn(6, features, generator=gen, dtype=torch.float64)
+        x, logdet = layer(z)
+        x_ref, logdet_ref = _masked_reference(layer, z)
+        torch.testing.assert_close(x, x_ref)
+        torch.testing.assert_close(logdet, logdet_ref)
+
+
+def _partitions():
+    """``(name, partition, points shape, context shape)`` for every partition kind."""
+    return [("index", IndexSplit(torch.tensor([True, False, False, True, False])), (5,), (3,)),
+            ("checkerboard", Checkerboard((2, 4, 4), 1), (2, 4, 4), (3, 4, 4)),
+            ("checkerboard, any size", Checkerboard(2, 0), (2, 2, 4), (3, 2, 4)),
+            ("channels", ChannelSplit((3, 2, 2)), (3, 2, 2), (2, 2, 2)),
+            ("context only", ContextOnly(2), (2, 3, 3), (1, 3, 3))]
+
+
+# every partition with and without a context, except "context only" without one (a constant)
+CASES = [(case, with_context) for case, (_, partition, _, _) in enumerate(_partitions())
+         for with_context in (False, True) if with_context or not partition.keeps_nothing]
+
+
+@pytest.mark.parametrize("scale", [True, False])
+@pytest.mark.parametrize("case, with_context", CASES)
+def test_every_partition_passes_check_flow_also_inverted(case, with_context, scale, gen):
+    name, partition, shape, context_shape = _partitions()[case]
+    context = context_shape[0] if with_context else 0
+    layer = AffineCoupling(partition, hidden=6, context=context, scale=scale)
+    _randomise(layer, gen)
+    flow = layer.given(torch.randn(3, *context_shape, generator=gen)) if context else layer
+    for f in (flow, Inverse(flow)):
+        check_flow(f, torch.randn(3, *shape, generator=gen))
+    # the kept entries pass unchanged, and with the scale off nothing changes volume
+    z = torch.randn(3, *shape, generator=gen)
+    x, logdet = flow(z)
+    torch.testing.assert_close(partition.kept(x), partition.kept(z), rtol=0, atol=0)
+    if not scale:
+        assert torch.equal(logdet, torch.zeros(3))
+
+
+def test_new_couplings_are_the_identity_for_every_partition(gen):
+    for name, partition, shape, context_shape in _partitions():
+        layer = AffineCoupling(partition, hidden=6, context=context_shape[0])
+        z = torch.randn(2, *shape, generator=gen)
+        x, logdet = layer.given(torch.randn(2, *context_shape, generator=gen))(z)
+        assert torch.equal(x, z) and torch.equal(logdet, torch.zeros(2)), name
+
+
+def test_checkerboard_keeps_one_colour_and_context_changes_the_map(gen):
+    layer = AffineCoupling(Checkerboard((1, 4, 4), 0), hidden=6, context=1)
+    _randomise(layer, gen)
+    z = torch.randn(2, 1, 4, 4, generator=gen)
+    a = layer.given(torch.zeros(2, 1, 4, 4))(z)[0]
+    b = layer.given(torch.ones(2, 1, 4, 4))(z)[0]
+    keep = checkerboard_mask((4, 4), 0).bool().expand(2, 1, 4, 4)
+    assert torch.equal(a[keep], z[keep]) and torch.equal(b[keep], z[keep])
+    assert not torch.allclose(a[~keep], b[~keep])

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from nfcourse.data.digits import (LEVELS, DequantizedSampler, bits_per_dim, dequantize,
-                                  digits_split, held_out_bits_per_dim, load_digit_levels,
-                                  to_levels)
+from nfcourse.data.digits import (DIMS, LEVELS, DequantizedSampler, dequantize, digits_split,
+                                  held_out_bits_per_dim, load_digit_levels, to_levels)
+from nfcourse.data.images import bits_per_dim
 from nfcourse.flows.glow import initialize_actnorms
 from nfcourse.models import glow
 from nfcourse.training.engine import TrainConfig, fit
@@ -46,7 +46,7 @@ def test_dequantize_stays_in_each_levels_cell(gen):
 
 def test_bits_per_dim_of_the_uniform_model_is_log2_17():
     # q = 1 on [-1/2, 1/2)^64 is the uniform model: log q = 0 on every dequantised image
-    assert bits_per_dim(0.0) == pytest.approx(math.log2(17))
+    assert bits_per_dim(0.0, DIMS, LEVELS) == pytest.approx(math.log2(17))
     held_out = digits_split().held_out
     bits, se = held_out_bits_per_dim(lambda x: torch.zeros(x.shape[0]), held_out, draws=2)
     assert bits == pytest.approx(math.log2(17)) and se == pytest.approx(0.0, abs=1e-12)
@@ -66,7 +66,7 @@ def test_sampler_draws_training_images_with_fresh_noise(gen):
 
 
 def test_digits_bad_input():
-    with pytest.raises(TypeError, match="integer levels"):
+    with pytest.raises(TypeError, match="integer pixel levels"):
         dequantize(torch.zeros(2, 1, 8, 8))
     with pytest.raises(ValueError, match=r"0\.\.16"):
         dequantize(torch.full((1, 1, 8, 8), 17, dtype=torch.uint8))

@@ -16,10 +16,13 @@ from nfcourse.data import mnist as M
 from nfcourse.core.distributions import StandardNormal
 from nfcourse.flows.glow import initialize_actnorms
 from nfcourse.data.images import UniformDequantizer, independent_pixel_bits, to_pixels
-from nfcourse.flows.images import (CheckerboardCoupling, FlipChannels, LogitTransform,
-                                   MultiScaleLevel, Reshape, VariationalDequantizer,
-                                   checkerboard_mask, dequantize, evaluate_bits_per_dim, image_nll,
+from nfcourse.data.images import dequantize
+from nfcourse.core.flow import Inverse
+from nfcourse.flows.coupling import AffineCoupling, Checkerboard, checkerboard_mask
+from nfcourse.flows.images import (FlipChannels, MultiScaleLevel, Reshape, VariationalDequantizer,
                                    interpolate, sample_images)
+from nfcourse.flows.simple import Logit, Sigmoid
+from nfcourse.training.objectives import evaluate_bits_per_dim, image_nll
 from nfcourse.data.images import bits_per_dim
 from nfcourse.models import multiscale_realnvp, tiny_realnvp
 from nfcourse.core.model import FlowModel
@@ -179,7 +182,7 @@ class Logistic(torch.nn.Module):
 def test_uniform_model_scores_exactly_8_bits(alpha):
     shape = (1, 6, 6)
     v = torch.randint(0, 256, (64, *shape), dtype=torch.uint8)
-    model = FlowModel(LogitTransform(shape, alpha), base=Logistic(shape))
+    model = FlowModel(Inverse(Logit(shape, alpha)), base=Logistic(shape))
     # the logit's log-det is counted: with alpha > 0 the density of y is (1 - 2 alpha)^D
     bits, _ = evaluate_bits_per_dim(model, v)
     assert bits == pytest.approx(8.0 - math.log2(1 - 2 * alpha), abs=1e-5)
@@ -188,19 +191,22 @@ def test_uniform_model_scores_exactly_8_bits(alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.05, 0.3])
 def test_logit_logdet_matches_autograd(alpha, gen):
-    flow = LogitTransform((2, 3, 3), alpha)
-    check_flow(flow, torch.randn(4, 2, 3, 3, generator=gen) * 3)
-    # and on the data side, from pixels at the very edges of the box
-    x = torch.tensor([[0.0, 1e-4, 0.5, 1.0]], dtype=torch.float64)
+    # forward is the logit (box -> line); the image models use it inverted (line -> box)
+    check_flow(Logit((2, 3, 3), alpha), 0.01 + 0.98 * torch.rand(4, 2, 3, 3, generator=gen))
+    check_flow(Inverse(Logit((2, 3, 3), alpha)), torch.randn(4, 2, 3, 3, generator=gen) * 3)
+    # and from pixels at the very edges of the box, which alpha > 0 keeps finite
+    y = torch.tensor([[0.0, 1e-4, 0.5, 1.0]], dtype=torch.float64)
     if alpha > 0:
-        z, ld = LogitTransform(4, alpha).double().inverse(x)
-        jac = torch.autograd.functional.jacobian(
-            lambda t: LogitTransform(4, alpha).inverse(t)[0], x)[0, :, 0, :]
+        _, ld = Logit(4, alpha).double()(y)
+        jac = torch.autograd.functional.jacobian(lambda t: Logit(4, alpha)(t)[0], y)[0, :, 0, :]
         assert torch.allclose(ld, torch.linalg.slogdet(jac)[1])
+    else:   # the plain logit is the inverse of the sigmoid
+        z = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(Logit(4).double().inverse(z), Sigmoid(4).double()(z))
     with pytest.raises(ValueError, match=r"must lie in"):
-        LogitTransform(4, alpha).inverse(torch.tensor([[0.5, 5.0, 0.1, 0.1]]))
+        Logit(4, alpha)(torch.tensor([[0.5, 5.0, 0.1, 0.1]]))
     with pytest.raises(ValueError, match="alpha"):
-        LogitTransform(4, 0.5)
+        Logit(4, 0.5)
 
 
 def _exact_log_p(v):
@@ -214,7 +220,7 @@ def _exact_log_p(v):
 def test_variational_dequantization_lower_bounds_the_likelihood(gen):
     shape = (1, 2, 2)
     v = torch.tensor([[[[0, 40], [128, 255]]], [[[7, 7], [200, 90]]]], dtype=torch.uint8)
-    model = FlowModel(LogitTransform(shape, 0.0), base=StandardNormal(shape)).double()
+    model = FlowModel(Inverse(Logit(shape)), base=StandardNormal(shape)).double()
     exact = _exact_log_p(v)                                 # log P(v), 4 pixels
     deq = VariationalDequantizer(1, hidden=4).double()
     with torch.no_grad():
@@ -273,7 +279,7 @@ def _randomise(module, gen, scale=0.1):
 
 def test_image_layers_pass_check_flow(gen):
     for parity in (0, 1):
-        c = CheckerboardCoupling((2, 4, 4), parity, hidden=8)
+        c = AffineCoupling(Checkerboard((2, 4, 4), parity), hidden=8)
         _randomise(c, gen)
         check_flow(c, torch.randn(3, 2, 4, 4, generator=gen))
         # the kept pixels are untouched
@@ -295,14 +301,14 @@ def test_multiscale_and_tiny_models_pass_check_flow(gen):
     _randomise(tiny, gen)
     check_flow(tiny.flow, torch.randn(2, 1, 4, 4, generator=gen) * 0.5)
     # every pixel is transformed by some coupling of the dense model
-    masks = [f.mask.bool() for f in tiny.flow.flows if hasattr(f, "mask")]
+    masks = [f.partition.mask for f in tiny.flow.flows if isinstance(f, AffineCoupling)]
     assert not torch.stack(masks).all(0).any()
 
 
 def test_full_size_models_have_the_lecture_shapes():
     tiny = tiny_realnvp()
-    couplings = [f for f in tiny.flow.flows if hasattr(f, "mask")]
-    assert len(couplings) == 12 and couplings[0].mask.numel() == 784
+    couplings = [f for f in tiny.flow.flows if isinstance(f, AffineCoupling)]
+    assert len(couplings) == 12 and couplings[0].partition.mask.numel() == 784
     assert couplings[0].net[0].out_features == 256
     model = multiscale_realnvp(hidden=16)
     y = torch.rand(4, 1, 28, 28)

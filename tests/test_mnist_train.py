@@ -61,7 +61,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
         dist.init_process_group("gloo")
         state, history = run()
         if dist.get_rank() == 0:
-            torch.save({{"state": state, "eval": history.eval_nll}}, {str(tmp_path / 'ddp.pt')!r})
+            torch.save({{"state": state, "eval": history.eval_loss}}, {str(tmp_path / 'ddp.pt')!r})
         dist.destroy_process_group()
     """))
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -74,7 +74,7 @@ def test_ddp_two_processes_match_one_process_on_the_same_global_batch(tmp_path):
     for name, value in single.items():
         torch.testing.assert_close(ddp["state"][name], value, atol=2e-5, rtol=1e-4,
                                    msg=f"DDP and single-process weights differ at {name}")
-    assert ddp["eval"] == pytest.approx(history.eval_nll, abs=1e-4)
+    assert ddp["eval"] == pytest.approx(history.eval_loss, abs=5e-3)  # nats per 64-pixel image
     # the comparison has teeth: a different global batch gives different weights
     other, _ = _run_single(batch_size=4)
     assert any(not torch.allclose(other[k], single[k], atol=1e-4) for k in single)

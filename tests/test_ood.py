@@ -143,3 +143,23 @@ def test_typicality_flags_points_that_are_too_likely() -> None:
     assert t.fpr == pytest.approx(0.05, abs=0.012)
     s = ood.typicality_scores(np.array([1.0, -3.0]), np.array([0.0, 2.0]))
     assert s.tolist() == [0.0, -4.0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_auroc_matches_sklearn_per_row(seed: int) -> None:
+    # The bootstrap scores replicates row by row with ood._auroc; each row must be sklearn's.
+    rng = np.random.default_rng(200 + seed)
+    a = rng.integers(-3, 3, (4, 120)).astype(float)
+    b = rng.integers(-5, 2, (4, 90)).astype(float)
+    rows = ood._auroc(a, b)
+    assert rows.shape == (4,)
+    for i in range(4):
+        assert rows[i] == pytest.approx(_sklearn_auroc(a[i], b[i]), abs=1e-12)
+
+
+def test_evaluate_ood_interval_matches_bootstrap_ci() -> None:
+    # The vectorised bootstrap inside evaluate_ood draws the same replicates as the public one.
+    rng = np.random.default_rng(5)
+    val, a, b = rng.normal(0, 1, 300), rng.normal(0, 1, 300), rng.normal(-1, 1, 200)
+    r = ood.evaluate_ood(val, a, b, n_boot=200, seed=7)
+    assert r.auroc_ci == pytest.approx(ood.bootstrap_ci(ood._auroc, a, b, n_boot=200, seed=8))

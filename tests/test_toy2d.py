@@ -10,8 +10,8 @@ from sklearn.datasets import make_moons
 
 from nfcourse.data import (DATASETS_2D, make_2d, moons_entropy, moons_lecture_split_floor,
                            moons_log_prob, moons_marginal_kl_to_standard_normal,
-                           moons_marginal_log_prob, register_2d,
-                           score_on_moons, two_moons)
+                           moons_marginal_log_prob, score_on_checkerboard, score_on_moons,
+                           two_moons)
 
 
 def test_moon_geometry_matches_sklearn_make_moons():
@@ -111,8 +111,6 @@ def test_bad_requests_raise_with_the_fix():
         make_2d("moons", -1)
     with pytest.raises(ValueError, match="either generator= or seed="):
         make_2d("moons", 5, generator=torch.Generator(), seed=1)
-    with pytest.raises(ValueError, match="already registered"):
-        register_2d("moons", two_moons)
     with pytest.raises(ValueError, match=r"shape \[B, 2\]"):
         moons_log_prob(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="NaN"):
@@ -134,6 +132,20 @@ def test_score_of_a_worse_density_is_positive():
     s = score_on_moons(std_normal, n=20_000)
     assert s.kl_paired > 0.5 and s.kl_gap > 0.5
     assert abs(s.kl_gap - s.kl_paired) < 4 * s.nll_se
+
+
+def test_checkerboard_score_of_its_true_density_and_a_paired_difference():
+    true = lambda x: torch.full((x.shape[0],), -math.log(8.0), dtype=torch.float64)
+    s = score_on_checkerboard(true)
+    assert s.nll == pytest.approx(math.log(8.0)) and s.kl_gap == pytest.approx(0.0, abs=1e-12)
+    # a model that spreads mass over all of [-2, 2]^2 loses exactly log 2 on every point
+    wide = score_on_checkerboard(lambda x: torch.full((x.shape[0],), -math.log(16.0),
+                                                      dtype=torch.float64))
+    assert wide.kl_paired == pytest.approx(math.log(2.0))
+    assert torch.allclose(wide.log_q - s.log_q, torch.full((20_000,), -math.log(2.0),
+                                                          dtype=torch.float64))
+    with pytest.raises(ValueError, match="score_on_checkerboard: use at least 20,000"):
+        score_on_checkerboard(true, n=100)
 
 
 def test_score_rejects_small_tests_and_broken_models():

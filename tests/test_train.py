@@ -47,7 +47,7 @@ def test_resume_is_bit_for_bit(tmp_path):
     for (name, a), b in zip(one_go.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert h_two.train_loss == h_one.train_loss
-    assert h_two.eval_nll == h_one.eval_nll and h_two.lr == h_one.lr
+    assert h_two.eval_loss == h_one.eval_loss and h_two.lr == h_one.lr
     assert h_two.best_step == h_one.best_step
 
 

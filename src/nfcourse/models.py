@@ -14,13 +14,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfcourse.core.flow import Compose, Flow, as_event_shape
+from nfcourse.core.flow import Compose, Flow, Inverse, as_event_shape
 from nfcourse.core.model import FlowModel
-from nfcourse.flows.continuous import CNF
-from nfcourse.flows.coupling import AdditiveCoupling, AffineCoupling, DiagonalScaling, coupling_masks
-from nfcourse.flows.glow import GlowLevel, GlowStep, _event
 from nfcourse.data.images import MNIST_SHAPE
-from nfcourse.flows.images import LogitTransform, MultiScaleLevel, Reshape, checkerboard_vector
+from nfcourse.flows.continuous import CNF
+from nfcourse.flows.coupling import (AdditiveCoupling, AffineCoupling, DiagonalScaling,
+                                     IndexSplit, coupling_masks)
+from nfcourse.flows.glow import GlowLevel, GlowStep, _event
+from nfcourse.flows.images import MultiScaleLevel, Reshape, checkerboard_vector
+from nfcourse.flows.simple import Logit
 from nfcourse.nn import VelocityMLP
 from nfcourse.ode.solvers import SolverSpec
 from nfcourse.vae import VAE, elbo_objective
@@ -33,9 +35,7 @@ def realnvp(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int 
     ``masks="lecture"`` builds the lecture's defective split instead (see
     :func:`coupling_masks`). Starts as the identity map, so initially ``p = N(0, I)``.
     """
-
-
-    flows = [AffineCoupling(m, hidden, depth, scale_bound)
+    flows = [AffineCoupling(IndexSplit(m), hidden, depth, scale_bound)
              for m in coupling_masks(features, layers, masks)]
     return FlowModel(Compose(*flows))
 
@@ -48,10 +48,9 @@ def nice(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2
     applied last, as in the NICE paper), so it rescales the Gaussian before the couplings
     bend it.
     """
-
-
     flows: list[Flow] = [DiagonalScaling(features)]
-    flows += [AdditiveCoupling(m, hidden, depth) for m in coupling_masks(features, layers, masks)]
+    flows += [AdditiveCoupling(IndexSplit(m), hidden, depth)
+              for m in coupling_masks(features, layers, masks)]
     return FlowModel(Compose(*flows))
 
 
@@ -64,8 +63,6 @@ def glow(event_shape: Sequence[int] = (1, 8, 8), levels: int = 2, steps: int = 4
     coupling nets use the global RNG). ActNorms initialise on the first training batch, or
     call :func:`initialize_actnorms` with a larger one.
     """
-
-
     shape = _event(event_shape)
     if len(shape) != 3:
         raise ValueError(f"glow() is for images (C, H, W); got {shape}. Use glow_2d for vectors.")
@@ -79,8 +76,6 @@ def glow(event_shape: Sequence[int] = (1, 8, 8), levels: int = 2, steps: int = 4
 def glow_2d(features: int = 2, steps: int = 8, hidden: int = 64, *, depth: int = 2,
             lu: bool = True, scale_bound: float = 3.0, seed: int | None = 0) -> FlowModel:
     """A Glow-style density model for vectors: ``steps`` x (ActNorm, LU linear, coupling)."""
-
-
     g = None if seed is None else torch.Generator().manual_seed(seed)
     flows = [GlowStep((features,), hidden, lu, depth, scale_bound, g) for _ in range(steps)]
     return FlowModel(Compose(*flows))
@@ -101,9 +96,9 @@ def tiny_realnvp(shape: Sequence[int] = MNIST_SHAPE, layers: int = 12, hidden: i
     couplings: list[Flow] = []
     for k in range(layers):
         mask = checkerboard_vector(shape_t[1:], k % 2).repeat(shape_t[0])
-        couplings.append(AffineCoupling(mask, hidden, depth, scale_bound))
+        couplings.append(AffineCoupling(IndexSplit(mask), hidden, depth, scale_bound))
     flow = Compose(Reshape(shape_t, (d,)), *couplings, Reshape((d,), shape_t),
-                   LogitTransform(shape_t, alpha), event_shape=shape_t)
+                   Inverse(Logit(shape_t, alpha)), event_shape=shape_t)
     return FlowModel(flow)
 
 
@@ -112,13 +107,13 @@ def multiscale_realnvp(shape: Sequence[int] = MNIST_SHAPE, scales: int = 3, hidd
     """A RealNVP-style multi-scale convolutional flow (density on ``y`` in ``[0, 1)^D``).
 
     For MNIST with ``scales=3``: 1x28x28 -> (checkerboard x3, squeeze, channel x3, split) ->
-    2x14x14 -> (same) -> 4x7x7 -> checkerboard x4. ActNorm precedes each coupling.
-    ActNorms initialise from the first training batch (or ``initialize_actnorms``).
+    2x14x14 -> (same) -> 4x7x7 -> checkerboard x4. Data -> latent an ActNorm follows each
+    coupling. ActNorms initialise from the first training batch (or ``initialize_actnorms``).
     """
     shape_t = as_event_shape(shape)
     assert shape_t is not None and len(shape_t) == 3
     flow = Compose(MultiScaleLevel(shape_t, scales, hidden, checker, channel),
-                   LogitTransform(shape_t, alpha), event_shape=shape_t)
+                   Inverse(Logit(shape_t, alpha)), event_shape=shape_t)
     return FlowModel(flow)
 
 

@@ -2,8 +2,7 @@
 
 * :func:`mlp` -- the conditioner of vector couplings (and the VAE's encoder and decoder).
 * :func:`conv_net` -- the conditioner of image couplings and of the split prior.
-* :class:`TimeMLP`, :class:`VelocityMLP` -- vector fields ``v(t, x)`` for continuous flows
-  and flow matching.
+* :class:`VelocityMLP` -- the vector field ``v(t, x)`` of continuous flows and flow matching.
 
 Every conditioner ends in a zero-initialised layer, so a new coupling is the identity map and
 training starts from the base distribution.
@@ -60,50 +59,29 @@ def conv_net(inputs: int, outputs: int, hidden: int | None) -> nn.Sequential:
     return nn.Sequential(*layers, last)
 
 
-class TimeMLP(nn.Module):
-    """A time-conditioned vector field ``v(x, t)``: ``x [B, D]``, ``t`` scalar -> ``[B, D]``.
-
-    An MLP whose every layer sees ``t`` as one extra input, so the field can change its shape
-    along the flow, not only its input. Smooth activations (``tanh``, ``softplus``) keep the
-    field differentiable, which the divergence and adaptive solvers need. The last layer
-    starts at zero: the initial flow is the identity, the easiest ODE there is to solve.
-    """
-
-    def __init__(self, dim: int, hidden: int = 64, layers: int = 3,
-                 activation: str = "tanh") -> None:
-        super().__init__()
-        if dim < 1 or hidden < 1 or layers < 1:
-            raise ValueError(f"TimeMLP: dim, hidden and layers must be >= 1, got {dim}, "
-                             f"{hidden}, {layers}.")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"TimeMLP: unknown activation {activation!r}; choose one of "
-                             f"{', '.join(_ACTIVATIONS)}.")
-        widths = [dim] + [hidden] * layers
-        self.hidden = nn.ModuleList(nn.Linear(a + 1, b) for a, b in zip(widths, widths[1:]))
-        self.act = _ACTIVATIONS[activation]()
-        self.out = nn.Linear(hidden + 1, dim)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
-        self.dim = dim
-
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
-        tt = t.to(x.dtype).reshape(1, 1).expand(x.shape[0], 1)
-        h = x
-        for layer in self.hidden:
-            h = self.act(layer(torch.cat([h, tt], dim=1)))
-        return self.out(torch.cat([h, tt], dim=1))
-
-
 class VelocityMLP(nn.Module):
-    """``v(t, x)``: ``x [B, D]`` and ``t`` (float, 0-d or ``[B]``) -> velocity ``[B, D]``.
+    """A time-dependent vector field ``v(t, x)``: ``x [B, D]``, ``t`` (float, 0-d or ``[B]``).
 
-    Every hidden layer sees the time through a few Fourier features
-    ``(t, sin 2 pi k t, cos 2 pi k t)``, ``k = 1..frequencies``; smooth activations keep the
-    field differentiable for the exact divergence and adaptive solvers.
+    Every hidden layer sees the time as extra inputs, so the field can change its shape along
+    the flow, not only its input: ``t`` itself and, with ``frequencies = K > 0``, the Fourier
+    features ``sin 2 pi k t, cos 2 pi k t`` for ``k = 1..K``. Smooth activations (``tanh``,
+    ``softplus``, ``silu``) keep the field differentiable, which the exact divergence and
+    adaptive solvers need. The defaults are flow matching's field; a CNF (chapter 4) uses
+    ``frequencies=0, time_in_output=True, zero_last=True``: the time enters the output layer
+    too, and that layer starts at zero, so the initial flow is the identity, the easiest ODE
+    there is to solve.
+
+    Args:
+        dim: ``D``; hidden, layers: width and number of hidden layers.
+        activation: ``"tanh"``, ``"softplus"`` or ``"silu"``.
+        frequencies: Fourier frequencies of the time features (0: ``t`` alone).
+        time_in_output: whether the output layer sees the time features too.
+        zero_last: start the output layer at zero (``v = 0``).
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3,
-                 activation: str = "silu", frequencies: int = 2) -> None:
+                 activation: str = "silu", frequencies: int = 2, *,
+                 time_in_output: bool = False, zero_last: bool = False) -> None:
         super().__init__()
         if dim < 1 or hidden < 1 or layers < 1 or frequencies < 0:
             raise ValueError(f"VelocityMLP: dim, hidden, layers must be >= 1 and frequencies >= "
@@ -112,13 +90,18 @@ class VelocityMLP(nn.Module):
             raise ValueError(f"VelocityMLP: unknown activation {activation!r}; choose one of "
                              f"{', '.join(_ACTIVATIONS)}.")
         self.dim, self.frequencies = dim, frequencies
+        self.time_in_output = bool(time_in_output)
         n_t = 1 + 2 * frequencies
         widths = [dim] + [hidden] * layers
         self.hidden = nn.ModuleList(nn.Linear(a + n_t, b) for a, b in zip(widths, widths[1:]))
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden + (n_t if time_in_output else 0), dim)
+        if zero_last:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
         self.act = _ACTIVATIONS[activation]()
 
     def time_features(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """``[B, 1 + 2 K]``: ``t`` broadcast to the batch of ``x``, then its Fourier features."""
         b = x.shape[0]
         if isinstance(t, Tensor):
             t = t.to(dtype=x.dtype, device=x.device)
@@ -133,9 +116,10 @@ class VelocityMLP(nn.Module):
         for k in range(1, self.frequencies + 1):
             feats += [torch.sin(2 * math.pi * k * t)[:, None],
                       torch.cos(2 * math.pi * k * t)[:, None]]
-        return torch.cat(feats, dim=1)
+        return torch.cat(feats, dim=1) if self.frequencies else feats[0]
 
     def forward(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """``v(t, x)``, shape ``[B, D]``."""
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"VelocityMLP: x must be [B, {self.dim}], got "
                              f"{getattr(x, 'shape', type(x).__name__)}.")
@@ -143,4 +127,4 @@ class VelocityMLP(nn.Module):
         h = x
         for layer in self.hidden:
             h = self.act(layer(torch.cat([h, tf], dim=1)))
-        return self.out(h)
+        return self.out(torch.cat([h, tf], dim=1) if self.time_in_output else h)

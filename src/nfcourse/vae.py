@@ -15,19 +15,20 @@ Large ``k`` is computed in chunks of points and samples (at most ``max_elements`
 in memory at once), combining the chunks with a running log-sum-exp, so ``k = 1000`` on tens
 of thousands of points fits in a few megabytes.
 
-Training reuses :func:`nfcourse.training.engine.fit`, which maximises any model's ``log_prob``: wrap the
-VAE in :class:`ELBOObjective`, whose ``log_prob`` is the (one-sample) ELBO.
+Training goes through the one loop, :func:`nfcourse.training.engine.fit`: pass it
+:class:`ELBOObjective` (the negative ELBO as a training objective).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from nfcourse.metrics.stats import mean_se
 from nfcourse.nn import mlp
 from nfcourse.core.validation import check_tensor, module_dtype_device
 
@@ -103,13 +104,15 @@ class VAE(nn.Module):
                              f"device='{like.device.type}').")
         return torch.randn(shape, dtype=like.dtype, device=like.device, generator=generator)
 
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None
-                   ) -> tuple[Tensor, Tensor]:
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None,
+                   noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The ELBO's two terms per point, ``[B]`` each: a reparameterised one-sample estimate
-        of ``E_q[log p(x | z)]`` and the closed-form ``KL(q(z | x) || N(0, I))``."""
+        of ``E_q[log p(x | z)]`` and the closed-form ``KL(q(z | x) || N(0, I))``. The
+        standard-normal draw ``noise [B, latent]`` is drawn from ``generator`` unless given."""
         x = self._check(x, "VAE.elbo: x")
         mean, log_var = self.encode(x)
-        z = mean + torch.exp(0.5 * log_var) * self._noise(tuple(mean.shape), mean, generator)
+        eps = self._noise(tuple(mean.shape), mean, generator) if noise is None else noise
+        z = mean + torch.exp(0.5 * log_var) * eps
         x_mean, x_log_var = self.decode(z)
         recon = _gaussian_log_prob(x, x_mean, x_log_var)
         kl = 0.5 * (torch.exp(log_var) + mean**2 - 1.0 - log_var).sum(-1)
@@ -179,22 +182,27 @@ class VAE(nn.Module):
 
 
 class ELBOObjective(nn.Module):
-    """Adapter so :func:`nfcourse.training.engine.fit` trains a VAE by maximising the ELBO.
+    """The VAE's training objective for :func:`nfcourse.training.engine.fit`: the negative ELBO.
 
-    ``log_prob`` is the one-sample ELBO (a stochastic *lower bound* on ``log p``, which is what
-    ``fit`` reports as held-out "NLL"), ``nll`` the training loss. With ``kl_warmup = n > 0`` the
-    KL term of the loss is multiplied by ``min(1, t / n)`` at the ``t``-th training call (KL
-    annealing, Bowman et al. 2016): early on the decoder learns to use ``z`` before the KL
-    pulls ``q(z | x)`` to the prior, which avoids the collapsed optimum where ``x`` ignores
-    ``z``. The held-out ELBO always uses the full KL.
+    ``data`` is a sampler ``(n, generator) -> [n, features]`` or a tensor ``[N, features]``; a
+    batch is ``(x, eps)``, the points and the reparameterisation noise ``eps [n, latent]``,
+    drawn on the model's device from the engine's noise generator (so a resumed run draws the
+    same noise). Loss: the mean negative one-sample ELBO in nats per point; with
+    ``kl_warmup = n > 0`` its KL term is multiplied by ``min(1, t / n)`` at the ``t``-th
+    training step (KL annealing, Bowman et al. 2016): early on the decoder learns to use ``z``
+    before the KL pulls ``q(z | x)`` to the prior, which avoids the collapsed optimum where
+    ``x`` ignores ``z``. Evaluation: the mean negative ELBO with the full KL and noise seeded
+    by ``eval_seed``, the same at every evaluation. ``log_prob`` is the one-sample ELBO (a
+    stochastic lower bound on ``log p``). The objective is its own ``model``: the checkpoint
+    builder ``"vae_elbo"`` rebuilds all of it.
     """
 
-    def __init__(self, vae: VAE, kl_warmup: int = 0) -> None:
+    def __init__(self, vae: VAE, kl_warmup: int = 0, eval_seed: int = 0) -> None:
         super().__init__()
         if isinstance(kl_warmup, bool) or not isinstance(kl_warmup, int) or kl_warmup < 0:
             raise ValueError(f"ELBOObjective: kl_warmup must be an int >= 0 (training steps), "
                              f"got {kl_warmup!r}.")
-        self.vae, self.kl_warmup, self.calls = vae, kl_warmup, 0
+        self.vae, self.kl_warmup, self.calls, self.eval_seed = vae, kl_warmup, 0, eval_seed
 
     # The warm-up counter is training state: it travels in state_dict() (as "_extra_state"),
     # so a run resumed from a checkpoint continues the KL schedule where it stopped.
@@ -205,20 +213,45 @@ class ELBOObjective(nn.Module):
         self.calls = int(state["calls"])
 
     @property
+    def model(self) -> ELBOObjective:
+        return self
+
+    @property
     def event_shape(self) -> tuple[int, ...]:
         return self.vae.event_shape
 
     def log_prob(self, x: Tensor) -> Tensor:
         return self.vae.elbo(x)
 
-    def nll(self, x: Tensor) -> Tensor:
-        recon, kl = self.vae.elbo_terms(x)
+    def draw(self, data: Tensor | Callable[[int, torch.Generator], Tensor], n: int,
+             generator: torch.Generator, noise_generator: torch.Generator
+             ) -> tuple[Tensor, Tensor]:
+        if callable(data):
+            x = data(n, generator)
+        else:
+            x = data[torch.randint(0, data.shape[0], (n,), generator=generator)]
+        eps = torch.randn((n, self.vae.latent), generator=noise_generator, dtype=x.dtype,
+                          device=noise_generator.device)
+        return x, eps
+
+    def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, eps = batch
+        recon, kl = self.vae.elbo_terms(x, noise=eps)
         beta = 1.0
         if self.training:
             self.calls += 1
             if self.kl_warmup:
                 beta = min(1.0, self.calls / self.kl_warmup)
         return -(recon - beta * kl).mean()
+
+    def forward(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return self.loss(batch)
+
+    @torch.no_grad()
+    def evaluate(self, held_out: Tensor) -> float:
+        device = held_out.device
+        g = torch.Generator(device=device).manual_seed(self.eval_seed)
+        return float(-self.vae.elbo(held_out, g).double().mean())
 
 
 def elbo_objective(features: int = 2, latent: int = 2, hidden: int = 64, depth: int = 2, *,
@@ -248,10 +281,6 @@ class BoundCurve:
     elbo_per_point: Tensor
 
 
-def _mean_se(v: Tensor) -> tuple[float, float]:
-    return float(v.mean()), float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else math.nan
-
-
 @torch.no_grad()
 def bound_curve(vae: VAE, x: Tensor, ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 100, 200, 500,
                                                           1000),
@@ -277,5 +306,5 @@ def bound_curve(vae: VAE, x: Tensor, ks: Sequence[int] = (1, 2, 5, 10, 20, 50, 1
             per_point[k].append((torch.logsumexp(g, dim=2) - math.log(k)).mean(1))
     values = {k: torch.cat(v) for k, v in per_point.items()}
     elbo = torch.cat([vae.elbo(part, generator).double() for part in x.split(8192)])
-    return BoundCurve(ks=ks, iwae={k: _mean_se(v) for k, v in values.items()},
-                      elbo=_mean_se(elbo), per_point=values, elbo_per_point=elbo)
+    return BoundCurve(ks=ks, iwae={k: mean_se(v) for k, v in values.items()},
+                      elbo=mean_se(elbo), per_point=values, elbo_per_point=elbo)

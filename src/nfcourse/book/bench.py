@@ -1,4 +1,13 @@
-"""Fair timing of competing implementations: alternate them, pair the rounds, report medians.
+"""Timing and profiling for the book: one home for every clock the chapters read.
+
+* :class:`Stopwatch` -- wall-clock and CPU time of one block (a training run, a solve).
+* :func:`median_seconds` -- the median time of a short call repeated many times.
+* :func:`alternate` / :func:`ratio` -- fair comparisons of competing implementations.
+* :func:`op_profile` / :func:`median_profiles` -- where the time goes, per group of operators.
+* :func:`block_trainer`, :func:`backward_pass`, :class:`Contender` -- the pieces the
+  performance appendix times; the peer libraries themselves are imported by that page only.
+
+Fair timing of competing implementations: alternate them, pair the rounds, report medians.
 
 On a shared machine the speed of the CPU drifts: other processes come and go, the clock
 boosts and throttles. Timing ``A`` for a minute and then ``B`` for a minute measures the
@@ -17,20 +26,28 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import math
 import os
 import platform
 import statistics
+import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor, nn
 
-__all__ = ["Timing", "Ratio", "alternate", "ratio", "quartiles", "machine_info",
-           "load_average", "versions", "PEERS", "require_peers"]
+from nfcourse.core.validation import validation
+
+__all__ = ["Stopwatch", "median_seconds", "Timing", "Ratio", "alternate", "ratio",
+           "ratios_to", "format_ratios", "common_verdict", "quartiles", "machine_info",
+           "load_average", "versions", "PEERS", "require_peers", "OpProfile", "op_profile",
+           "median_profiles", "Contender", "block_trainer", "backward_pass"]
 
 #: The peer libraries the performance appendix compares against, with the versions it was
 #: measured with (the same pins as requirements-peers.txt; tests/test_bench.py checks).
@@ -123,6 +140,12 @@ class Ratio:
     def q75(self) -> float:
         return quartiles(self.per_round)[2]
 
+    @property
+    def verdict(self) -> str:
+        """The denominator against the numerator, decided only outside the IQR: "faster than",
+        "slower than" or "level with"."""
+        return "faster than" if self.q25 > 1 else "slower than" if self.q75 < 1 else "level with"
+
     def __str__(self) -> str:
         return (f"time {self.numerator} / time {self.denominator}: {self.median:.2f} "
                 f"(IQR {self.q25:.2f}-{self.q75:.2f}, {len(self.per_round)} rounds)")
@@ -213,6 +236,31 @@ def ratio(timings: Mapping[str, Timing], numerator: str, denominator: str) -> Ra
     return Ratio(numerator, denominator, per_round)
 
 
+def ratios_to(timings: Mapping[str, Timing], reference: str) -> dict[str, Ratio]:
+    """``time(other) / time(reference)`` for every other candidate (above 1: reference faster)."""
+    return {name: ratio(timings, name, reference) for name in timings if name != reference}
+
+
+def format_ratios(title: str, ratios: Mapping[str, Ratio]) -> str:
+    """``title`` and one line per ratio: its median and interquartile range."""
+    lines = [title] + [f"   {r.denominator} vs {name:10s} {r.median:5.2f}x  "
+                       f"(IQR {r.q25:.2f}-{r.q75:.2f})" for name, r in ratios.items()]
+    return "\n".join(lines)
+
+
+def common_verdict(ratios: Mapping[str, Ratio]) -> str:
+    """The :attr:`Ratio.verdict` shared by all ``ratios``, or "mixed against"."""
+    verdicts = {r.verdict for r in ratios.values()}
+    return verdicts.pop() if len(verdicts) == 1 else "mixed against"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
+    """Median wall-clock seconds of ``repeats`` calls of ``fn``, each timed alone, after
+    ``warmup`` untimed calls; for calls short enough that one reading would be noise."""
+    return alternate({"fn": fn}, rounds=repeats, warmup=warmup, clock=clock)["fn"].median
+
+
 def load_average() -> tuple[float, float, float]:
     """The 1, 5 and 15-minute load averages (``(nan, nan, nan)`` where the OS has none)."""
     try:
@@ -256,3 +304,175 @@ def machine_info(packages: Iterable[str] = ()) -> dict[str, str]:
     }
     info.update(versions(packages))
     return info
+
+
+class Stopwatch:
+    """Context manager: wall-clock and CPU time of a block, and the machine's load around it.
+
+    On a machine shared with other jobs the wall-clock time of a computation grows with the
+    competition; its CPU time (all threads of this process) hardly does. For a compute-bound
+    block at least one thread is always working, so on an otherwise idle machine its wall-clock
+    time would be at most its CPU time; it is also at most the wall-clock time measured here.
+    :attr:`idle_bound` is the smaller of the two: an upper bound on the idle wall-clock time,
+    whatever else the machine was doing.
+    """
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = math.nan
+        self.load = math.nan
+
+    def start(self) -> Stopwatch:
+        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
+        return self
+
+    def stop(self) -> Stopwatch:
+        if not hasattr(self, "_wall0"):
+            raise RuntimeError("Stopwatch.stop: call start() first (or use it in a with block).")
+        self.wall = time.perf_counter() - self._wall0
+        self.cpu = time.process_time() - self._cpu0
+        self.load = load_average()[0]
+        return self
+
+    def __enter__(self) -> Stopwatch:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def idle_bound(self) -> float:
+        return min(self.wall, self.cpu)
+
+    def __str__(self) -> str:
+        return (f"{self.wall:.0f} s wall-clock, {self.cpu:.0f} s CPU "
+                f"(1-minute load average {self.load:.1f} at the end)")
+
+
+# --------------------------------------------------------------------------- profiles
+
+#: Operator groups of :func:`op_profile`: the networks' matrix products, their activations,
+#: and everything else (a coupling's own arithmetic: masks, splits, scales, sums).
+MATMUL = frozenset({"aten::mm", "aten::addmm", "aten::bmm"})
+ACTIVATION = frozenset({"aten::relu", "aten::clamp_min", "aten::leaky_relu",
+                        "aten::threshold_backward", "aten::leaky_relu_backward"})
+GROUPS = ("matrix products", "activations", "coupling arithmetic")
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """Per call: ``calls`` aten operators, ``mflop`` in matrix products, CPU ``ms`` per group."""
+
+    calls: float
+    mflop: float
+    ms: dict[str, float]
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence the profiler's own start/stop lines, which it writes straight to file 2."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def op_profile(fn: Callable[[], object], reps: int = 3) -> OpProfile:
+    """Profile ``reps`` calls of ``fn`` with ``torch.profiler`` (CPU); see :class:`OpProfile`.
+
+    The operator count and the FLOP do not depend on the machine's load; the times do. A
+    matrix product's time includes what it calls (the copy of the bias into its output); the
+    "coupling arithmetic" is all the remaining self time outside activations.
+    """
+    if reps < 1:
+        raise ValueError(f"op_profile: reps must be >= 1, got {reps}.")
+    with quiet_stderr(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+        for _ in range(reps):
+            fn()
+    calls = flops = total = 0.0
+    groups: Counter[str] = Counter()
+    for e in prof.key_averages():
+        if not e.key.startswith("aten::"):
+            continue
+        calls += e.count / reps
+        flops += (e.flops or 0) / reps
+        total += e.self_cpu_time_total / reps / 1e3
+        if e.key in MATMUL:
+            groups[GROUPS[0]] += e.cpu_time_total / reps / 1e3
+        elif e.key in ACTIVATION:
+            groups[GROUPS[1]] += e.self_cpu_time_total / reps / 1e3
+    groups[GROUPS[2]] = total - groups[GROUPS[0]] - groups[GROUPS[1]]
+    return OpProfile(calls, flops / 1e6, {g: groups[g] for g in GROUPS})
+
+
+def median_profiles(candidates: Mapping[str, Callable[[], object]], runs: int, reps: int = 2
+                    ) -> dict[str, OpProfile]:
+    """:func:`op_profile` of each candidate ``runs`` times, in turn; the median time per group.
+
+    Counts and FLOP are those of the first run (they are the same in every run).
+    """
+    if runs < 1:
+        raise ValueError(f"median_profiles: runs must be >= 1, got {runs}.")
+    results: dict[str, list[OpProfile]] = {name: [] for name in candidates}
+    for _ in range(runs):
+        for name, fn in candidates.items():
+            results[name].append(op_profile(fn, reps))
+    return {name: OpProfile(ps[0].calls, ps[0].mflop,
+                            {g: quartiles(p.ms[g] for p in ps)[1] for g in GROUPS})
+            for name, ps in results.items()}
+
+
+# --------------------------------------------------------------------------- what is timed
+
+@dataclass
+class Contender:
+    """One library's model behind one small interface: ``log_prob(x)`` and ``sample(n)``."""
+
+    name: str
+    module: nn.Module
+    log_prob: Callable[[Tensor], Tensor]
+    sample: Callable[[int], Tensor]
+
+    def nll(self, x: Tensor) -> Tensor:
+        """The mean negative log-likelihood of the batch ``x``: the training loss."""
+        return -self.log_prob(x).mean()
+
+
+def block_trainer(parameters: Iterable[nn.Parameter], loss_at: Callable[[int], Tensor], *,
+                  lr: float, block: int = 1, validate: bool = True) -> Callable[[], None]:
+    """A function that runs the next ``block`` Adam steps each time it is called.
+
+    Step ``k`` (counted over all calls, from 0) minimises ``loss_at(k)``, so candidates timed
+    in blocks by :func:`alternate` see the same sequence of batches, one block per round.
+    ``validate=False`` computes the losses with the library's input checks switched off
+    (:func:`nfcourse.core.validation.validation`), to time what those checks cost.
+    """
+    if block < 1:
+        raise ValueError(f"block_trainer: block must be >= 1, got {block}.")
+    opt = torch.optim.Adam(parameters, lr=lr)
+    done = 0
+
+    def run_block() -> None:
+        nonlocal done
+        for _ in range(block):
+            with validation(validate):
+                loss = loss_at(done)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+    return run_block
+
+
+def backward_pass(module: nn.Module, loss: Callable[[], Tensor]) -> Callable[[], None]:
+    """A function doing one forward and backward pass of ``loss()`` (no optimiser step), with
+    ``module``'s gradients cleared first so that every call does the same work."""
+    def run() -> None:
+        module.zero_grad(set_to_none=True)
+        loss().backward()
+    return run

@@ -23,7 +23,7 @@ from typing import Literal, SupportsFloat, Union
 Bound = Union[float, tuple[str, float]]
 Better = Literal["lower", "higher"]
 
-__all__ = ["CheckFailed", "check", "check_close"]
+__all__ = ["CheckFailed", "check", "check_close", "versus"]
 
 
 class CheckFailed(AssertionError):
@@ -118,3 +118,23 @@ def check_close(what: str, value: SupportsFloat, reference: SupportsFloat, tol: 
     if not abs(v - ref) < t:
         raise CheckFailed(f"{what} = {v:.6g} is {abs(v - ref):.3g} from {label!r} = {ref:.6g} "
                           f"(tolerance {t:.3g}), {'above' if v > ref else 'below'} it")
+
+
+def versus(value: SupportsFloat, se: SupportsFloat, reference: SupportsFloat, *,
+           unit: str = "bits/dim", better: Better = "lower", ties_within: float = 2.0) -> str:
+    """A verdict for the prose, computed from the numbers: how ``value ± se`` compares with
+    ``reference``. A difference within ``ties_within`` standard errors is a tie.
+
+    Returns a phrase that follows a subject, e.g. "beats them by 0.120 ± 0.010 bits/dim" or
+    "is level with them (a difference of +0.004 ± 0.010 bits/dim)".
+    """
+    v, s, r = _number("value", value), _number("se", se), _number("reference", reference)
+    if s < 0 or ties_within < 0:
+        raise ValueError(f"versus: se and ties_within must be >= 0, got {s} and {ties_within}")
+    if better not in ("lower", "higher"):
+        raise ValueError(f"versus: better must be 'lower' or 'higher', got {better!r}")
+    gap = v - r
+    if abs(gap) <= ties_within * s:
+        return f"is level with them (a difference of {gap:+.3f} ± {s:.3f} {unit})"
+    wins = gap < 0 if better == "lower" else gap > 0
+    return f"{'beats' if wins else 'loses to'} them by {abs(gap):.3f} ± {s:.3f} {unit}"

@@ -1,5 +1,5 @@
-"""Measuring CNFs: memory held for the backward pass (direct vs adjoint), sampling time, and
-time budgets on a shared machine (:class:`Stopwatch`).
+"""Measuring CNFs: memory held for the backward pass (direct vs adjoint) and sampling time
+(timed with :class:`nfcourse.book.bench.Stopwatch`).
 
 On a CPU PyTorch has no allocator statistics, and process-level numbers (peak RSS) mix in
 everything else the process ever allocated. What backpropagation through a solver costs is
@@ -14,15 +14,14 @@ small graphs the adjoint's backward solve builds step by step.
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from nfcourse.book.bench import Stopwatch
 from nfcourse.flows.continuous import CNF
 from nfcourse.ode.solvers import SolverSpec
 
@@ -211,44 +210,3 @@ def time_sampling(model: CNF, spec: SolverSpec, n: int = 100, repeats: int = 15,
         nfe = model.cflow.last_nfe
     return 1000 * min(statistics.median(walls), statistics.median(cpus)), nfe
 
-
-class Stopwatch:
-    """Context manager: wall-clock and CPU time of a block, and the machine's load around it.
-
-    On a machine shared with other jobs the wall-clock time of a computation grows with the
-    competition; its CPU time (all threads of this process) hardly does. For a compute-bound
-    block at least one thread is always working, so on an otherwise idle machine its wall-clock
-    time would be at most its CPU time; it is also at most the wall-clock time measured here.
-    :attr:`idle_bound` is the smaller of the two: an upper bound on the idle wall-clock time,
-    whatever else the machine was doing.
-    """
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = math.nan
-        self.load = math.nan
-
-    def start(self) -> Stopwatch:
-        self._wall0, self._cpu0 = time.perf_counter(), time.process_time()
-        return self
-
-    def stop(self) -> Stopwatch:
-        if not hasattr(self, "_wall0"):
-            raise RuntimeError("Stopwatch.stop: call start() first (or use it in a with block).")
-        self.wall = time.perf_counter() - self._wall0
-        self.cpu = time.process_time() - self._cpu0
-        self.load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
-        return self
-
-    def __enter__(self) -> Stopwatch:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def idle_bound(self) -> float:
-        return min(self.wall, self.cpu)
-
-    def __str__(self) -> str:
-        return (f"{self.wall:.0f} s wall-clock, {self.cpu:.0f} s CPU "
-                f"(1-minute load average {self.load:.1f} at the end)")

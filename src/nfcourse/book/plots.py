@@ -154,6 +154,19 @@ def plot_layers(trajectory: Sequence[Tensor], color_by: Tensor | np.ndarray | No
     return axes[0]
 
 
+def errorbar_intervals(ax: Axes, x: Sequence[float], estimates: Sequence[float],
+                       intervals: Sequence[tuple[float, float]], **kwargs: object) -> Axes:
+    """Point ``estimates`` at ``x`` with error bars spanning each ``(low, high)`` interval
+    (asymmetric, e.g. bootstrap intervals); ``kwargs`` go to ``ax.errorbar``."""
+    est = np.asarray(estimates, dtype=float)
+    lo, hi = np.asarray(intervals, dtype=float).T
+    if np.any(lo > est) or np.any(hi < est):
+        raise ValueError("errorbar_intervals: every interval must contain its estimate.")
+    kwargs.setdefault("capsize", 3)
+    ax.errorbar(x, est, yerr=np.stack([est - lo, hi - est]), **kwargs)  # type: ignore[arg-type]
+    return ax
+
+
 def image_grid(images: Tensor, nrow: int, ax=None, title: str | None = None, pad: int = 1):
     """Tile ``[N, 1, H, W]`` images (uint8 levels or floats in ``[0, 1]``) into one picture."""
     import matplotlib.pyplot as plt

@@ -41,32 +41,3 @@ class StandardNormal(nn.Module):
         return torch.randn((n, *self.event_shape), generator=generator,
                            device=a.device, dtype=a.dtype)
 
-
-class BoxUniform(nn.Module):
-    """Uniform density on the box ``[low, high)`` (one interval per coordinate).
-
-    ``log_prob`` is ``-log(volume)`` inside the box and ``-inf`` outside.
-    """
-
-    def __init__(self, low: Sequence[float] | Tensor, high: Sequence[float] | Tensor) -> None:
-        super().__init__()
-        low_t = torch.as_tensor(low, dtype=torch.get_default_dtype()).reshape(-1)
-        high_t = torch.as_tensor(high, dtype=torch.get_default_dtype()).reshape(-1)
-        if low_t.shape != high_t.shape or not bool((high_t > low_t).all()):
-            raise ValueError(f"BoxUniform: need low < high elementwise and equal shapes, got "
-                             f"low={low_t.tolist()}, high={high_t.tolist()}")
-        self.register_buffer("low", low_t)
-        self.register_buffer("high", high_t)
-        self.event_shape: tuple[int, ...] = (low_t.numel(),)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """``z: [B, D] -> [B]``."""
-        inside = ((z >= self.low) & (z < self.high)).all(dim=1)
-        value = -torch.log(self.high - self.low).sum()
-        return torch.where(inside, value, torch.full_like(value, -math.inf))
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        n = check_count(n, "BoxUniform.sample(n)")
-        u = torch.rand((n, *self.event_shape), generator=generator, device=self.low.device,
-                       dtype=self.low.dtype)
-        return self.low + (self.high - self.low) * u

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from nfcourse.core.validation import check_tensor, module_dtype_device
+from nfcourse.core.validation import check_tensor, module_dtype_device, validation_enabled
 
 EventShape = tuple[int, ...]
 
@@ -75,6 +75,10 @@ class Flow(nn.Module):
     def _validate(self, t: Tensor, direction: str, name: str,
                   shape: EventShape | None = None) -> Tensor:
         """Check ``t`` against ``shape`` (default: ``event_shape``) and the module's dtype."""
+        if not validation_enabled():
+            # Off means off: finding the dtype walks every parameter, a cost per call that
+            # switching validation off is meant to remove.
+            return t
         dtype, device = module_dtype_device(self)
         return check_tensor(t, self.event_shape if shape is None else shape,
                             name=f"{type(self).__name__}.{direction}({name})",

@@ -43,11 +43,19 @@ class FlowModel(nn.Module):
         """Mean negative log-likelihood over the batch (the training loss), in nats."""
         return -self.log_prob(x).mean()
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` samples ``[n, *event]``, on the model's device and dtype."""
+    def sample(self, n: int, generator: torch.Generator | None = None, *,
+               temperature: float = 1.0) -> Tensor:
+        """``n`` samples ``[n, *event]``, on the model's device and dtype.
+
+        ``temperature`` scales the latent draw (``z ~ T * base``; Glow's trick: ``T < 1``
+        trades diversity for cleaner samples); ``T = 1`` samples the model itself.
+        """
         n = check_count(n, f"{type(self).__name__}.sample(n)")
+        if not temperature > 0:
+            raise ValueError(f"{type(self).__name__}.sample: temperature must be > 0, got "
+                             f"{temperature}.")
         z = self.base.sample(n, generator=generator)  # type: ignore[operator]
-        return self.flow._forward(z)[0]
+        return self.flow._forward(z * temperature if temperature != 1.0 else z)[0]
 
     def sample_and_log_prob(self, n: int, generator: torch.Generator | None = None
                             ) -> tuple[Tensor, Tensor]:

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nfcourse.data.images import bits_per_dim, to_pixels, uniform_dequantize
+from nfcourse.metrics.stats import mean_se
+
 LEVELS = 17          # grey levels 0..16 in load_digits
 SHAPE = (1, 8, 8)    # one channel, 8x8
 DIMS = 64
@@ -69,23 +72,17 @@ def digits_split(held_out: float = 0.2, seed: int = 0) -> DigitsSplit:
 
 
 def dequantize(levels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Integer levels ``[N, ...]`` (0..16) -> continuous ``x = (v + u)/17 - 1/2``, float32.
+    """Integer levels ``[N, 1, 8, 8]`` (0..16) -> continuous ``x = (v + u)/17 - 1/2``.
 
-    Fresh uniform noise ``u`` on every call (pass a ``generator`` to reproduce it).
+    Fresh uniform noise ``u`` on every call (pass a ``generator`` to reproduce it); the
+    images' :func:`~nfcourse.data.images.uniform_dequantize` with 17 levels, then centred.
     """
-    if levels.is_floating_point():
-        raise TypeError("dequantize expects integer levels 0..16 (e.g. from digits_split); got "
-                        f"a {levels.dtype} tensor. Dequantise the raw levels only once.")
-    if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= LEVELS):
-        raise ValueError(f"dequantize: levels must lie in 0..{LEVELS - 1}, got "
-                         f"[{int(levels.min())}, {int(levels.max())}].")
-    u = torch.rand(levels.shape, generator=generator)
-    return (levels.float() + u) / LEVELS - 0.5
+    return uniform_dequantize(levels, LEVELS, generator) - 0.5
 
 
 def to_levels(x: Tensor) -> Tensor:
     """Continuous model output ``x`` -> nearest integer levels 0..16 (inverse of dequantize)."""
-    return torch.floor((x + 0.5) * LEVELS).clamp(0, LEVELS - 1).to(torch.uint8)
+    return to_pixels(x + 0.5, LEVELS)
 
 
 class DequantizedSampler:
@@ -107,17 +104,6 @@ class DequantizedSampler:
         return dequantize(self.levels[idx], generator)
 
 
-def bits_per_dim(nll_nats: float, dims: int = DIMS, levels: int = LEVELS) -> float:
-    """Discrete code length in bits per pixel from the continuous NLL (nats per image).
-
-    ``(nll / dims + log(levels)) / log(2)``: the density is over ``y`` in cells of width
-    ``1/levels``, so each pixel's cell adds ``log(levels)`` nats (see the module docstring).
-    """
-    if dims < 1 or levels < 2:
-        raise ValueError(f"bits_per_dim: need dims >= 1 and levels >= 2, got {dims}, {levels}.")
-    return (nll_nats / dims + math.log(levels)) / math.log(2)
-
-
 def held_out_bits_per_dim(log_prob, levels: Tensor, draws: int = 4, seed: int = 0,
                           batch: int = 512) -> tuple[float, float]:
     """Held-out bits/dim of a model ``log_prob: [B, 1, 8, 8] -> [B]`` (nats), with its s.e.
@@ -135,5 +121,5 @@ def held_out_bits_per_dim(log_prob, levels: Tensor, draws: int = 4, seed: int = 
             x = dequantize(levels, g)
             lp = torch.cat([log_prob(part).double() for part in x.split(batch)])
             per_image += -lp / draws
-    bits = (per_image / dims + math.log(LEVELS)) / math.log(2)
-    return float(bits.mean()), float(bits.std() / math.sqrt(len(bits)))
+    bits = bits_per_dim(per_image, dims, LEVELS)
+    return mean_se(bits)

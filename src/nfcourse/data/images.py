@@ -44,12 +44,23 @@ def bits_per_dim(nll_y: Tensor | float, dims: int, levels: int = LEVELS) -> Tens
 
     ``(nll_y / dims + log(levels)) / log(2)``. ``nll_y`` must be the negative log-density on
     ``[0, 1)^D`` with every transform counted (the logit's log-det included, which a
-    :class:`FlowModel` ending in :class:`LogitTransform` does) and, for variational
+    :class:`FlowModel` ending in ``Inverse(Logit(shape, alpha))`` does) and, for variational
     dequantisation, ``+ log q(u | v)``. A uniform density on the box has ``nll_y = 0``: 8 bits.
     """
     if dims < 1 or levels < 2:
         raise ValueError(f"bits_per_dim needs dims >= 1 and levels >= 2, got {dims}, {levels}.")
     return (nll_y / dims + math.log(levels)) / math.log(2)
+
+
+def uniform_dequantize(v: Tensor, levels: int = LEVELS,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Integer levels ``v: [B, C, H, W]`` (``0..levels-1``) -> ``y = (v + u) / levels`` in
+    ``[0, 1)``, ``u ~ Uniform[0, 1)`` fresh on every call (pass a ``generator`` to reproduce
+    it); the default float dtype. ``log q(u | v) = 0``, so nothing else is returned.
+    """
+    check_pixels(v, "dequantize", levels)
+    u = torch.rand(v.shape, generator=generator)
+    return (v.to(u.dtype) + u) / levels
 
 
 class UniformDequantizer(nn.Module):
@@ -61,6 +72,22 @@ class UniformDequantizer(nn.Module):
     def forward(self, v: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, log q(u | v))`` for images ``v`` and noise from :meth:`noise`."""
         return noise.to(v.device), noise.new_zeros(v.shape[0]).to(v.device)
+
+
+def dequantize(v: Tensor, dequantizer: nn.Module | None = None,
+               generator: torch.Generator | None = None,
+               noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Integer images ``v`` -> ``(y = (v + u) / 256, log q(u | v))``, both per image.
+
+    ``dequantizer`` defaults to uniform noise; ``noise`` (from ``dequantizer.noise``) may be
+    passed to reuse exactly the same draw (the trainer does, to shard a global batch).
+    """
+    check_pixels(v)
+    dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
+    if noise is None:
+        noise = dequantizer.noise(v.shape, generator)  # type: ignore[operator]
+    u, log_q = dequantizer(v, noise)
+    return (v.to(u.dtype) + u) / LEVELS, log_q
 
 
 def independent_pixel_bits(train: Tensor, test: Tensor, prior: float = 1.0) -> float:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from nfcourse.metrics.stats import mean_se
 
 Sampler = Callable[[int, torch.Generator], Tensor]
 
@@ -155,13 +157,6 @@ DATASETS_2D: dict[str, Sampler] = {
     "spirals": spirals,
     "rings": rings,
 }
-
-
-def register_2d(name: str, sampler: Sampler) -> None:
-    """Add a data set to the registry (later chapters use this); names must be new."""
-    if name in DATASETS_2D:
-        raise ValueError(f"a 2-D data set called {name!r} is already registered.")
-    DATASETS_2D[name] = sampler
 
 
 def get_sampler(name: str) -> Sampler:
@@ -326,13 +321,14 @@ def moons_lecture_split_floor(noise: float = MOONS_NOISE, spacing: float | None 
 
 
 @dataclass(frozen=True)
-class MoonsScore:
-    """A model's fit to noisy two moons, measured on ``n`` fresh points (all in nats).
+class DensityScore:
+    """A model's fit to a toy data set of known density, measured on ``n`` fresh points (nats).
 
     ``kl_gap = nll - entropy`` uses the exact entropy, so its standard error is the NLL's.
     ``kl_paired`` estimates the same KL divergence as the mean of ``log p(x) - log q(x)`` over
     the same points; the data's own randomness cancels, so its standard error is much smaller,
-    which is what makes small differences between models measurable.
+    which is what makes small differences between models measurable. ``log_q`` holds the
+    model's per-point log-densities, for paired comparisons of two models on the same points.
     """
 
     n: int
@@ -343,6 +339,7 @@ class MoonsScore:
     kl_gap_se: float
     kl_paired: float
     kl_paired_se: float
+    log_q: Tensor = field(repr=False, compare=False)
 
     def __str__(self) -> str:
         return (f"test NLL {self.nll:.4f} ± {self.nll_se:.4f} nats (n={self.n}), "
@@ -350,13 +347,32 @@ class MoonsScore:
                 f"(paired {self.kl_paired:.4f} ± {self.kl_paired_se:.4f})")
 
 
-def _mean_se(v: Tensor) -> tuple[float, float]:
-    return float(v.mean()), float(v.std() / math.sqrt(v.numel()))
+def _check_test_size(who: str, n: int) -> None:
+    if n < 20_000:
+        raise ValueError(f"{who}: use at least 20,000 test points (got n={n}); fewer "
+                         "leave a standard error too large to compare with the entropy.")
+
+
+def _score(who: str, log_prob: Callable[[Tensor], Tensor], x: Tensor, log_p: Tensor,
+           entropy: float, batch: int) -> DensityScore:
+    """Score ``log_prob`` on the test points ``x`` whose true log-densities are ``log_p``."""
+    n = len(x)
+    q = torch.cat([log_prob(part).detach().double().cpu() for part in x.split(batch)])
+    if q.shape != (n,):
+        raise ValueError(f"{who}: log_prob returned shape {list(q.shape)}, expected [n]"
+                         f" = [{n}]; it must give one log-density per point.")
+    if not bool(torch.isfinite(q).all()):
+        raise ValueError(f"{who}: the model's log-density is not finite on some test "
+                         "points; the model has diverged, retrain it with a lower learning rate.")
+    nll, nll_se = mean_se(-q)
+    kl, kl_se = mean_se(log_p - q)
+    return DensityScore(n=n, nll=nll, nll_se=nll_se, entropy=entropy, kl_gap=nll - entropy,
+                        kl_gap_se=nll_se, kl_paired=kl, kl_paired_se=kl_se, log_q=q)
 
 
 @torch.no_grad()
 def score_on_moons(log_prob: Callable[[Tensor], Tensor], n: int = 20_000, seed: int = 12345,
-                   noise: float = MOONS_NOISE, batch: int = 8192) -> MoonsScore:
+                   noise: float = MOONS_NOISE, batch: int = 8192) -> DensityScore:
     """Test NLL and KL gap of a density model on ``n`` fresh two-moons points.
 
     Args:
@@ -366,20 +382,19 @@ def score_on_moons(log_prob: Callable[[Tensor], Tensor], n: int = 20_000, seed: 
         seed: seed of the test sample; fixed by default so numbers are reproducible, and far from
             the small seeds used for training.
     """
-    if n < 20_000:
-        raise ValueError(f"score_on_moons: use at least 20,000 test points (got n={n}); fewer "
-                         "leave a standard error too large to compare with the entropy.")
+    _check_test_size("score_on_moons", n)
     x = two_moons(n, noise=noise, seed=seed)
-    q = torch.cat([log_prob(part).detach().double().cpu() for part in x.split(batch)])
-    if q.shape != (n,):
-        raise ValueError(f"score_on_moons: log_prob returned shape {list(q.shape)}, expected [n]"
-                         f" = [{n}]; it must give one log-density per point.")
-    if not bool(torch.isfinite(q).all()):
-        raise ValueError("score_on_moons: the model's log-density is not finite on some test "
-                         "points; the model has diverged, retrain it with a lower learning rate.")
-    p = moons_log_prob(x, noise)
-    h = moons_entropy(noise)
-    nll, nll_se = _mean_se(-q)
-    kl, kl_se = _mean_se(p - q)
-    return MoonsScore(n=n, nll=nll, nll_se=nll_se, entropy=h, kl_gap=nll - h, kl_gap_se=nll_se,
-                      kl_paired=kl, kl_paired_se=kl_se)
+    return _score("score_on_moons", log_prob, x, moons_log_prob(x, noise),
+                  moons_entropy(noise), batch)
+
+
+@torch.no_grad()
+def score_on_checkerboard(log_prob: Callable[[Tensor], Tensor], n: int = 20_000,
+                          seed: int = 12345, batch: int = 8192) -> DensityScore:
+    """:func:`score_on_moons` for the 4 x 4 :func:`checkerboard`: its density is ``1/8`` on the
+    dark squares, so its entropy is exactly ``log 8`` and ``kl_paired`` equals ``kl_gap``."""
+    _check_test_size("score_on_checkerboard", n)
+    x = checkerboard(n, seed=seed)
+    h = math.log(8.0)
+    return _score("score_on_checkerboard", log_prob, x, torch.full((n,), -h, dtype=torch.float64),
+                  h, batch)

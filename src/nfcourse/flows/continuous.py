@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,11 +34,10 @@ from nfcourse.ode.solvers import SolverSpec, solve
 from nfcourse.core.distributions import StandardNormal
 from nfcourse.core.flow import Flow
 from nfcourse.core.model import FlowModel
-from nfcourse.nn import TimeMLP
+from nfcourse.nn import VelocityMLP
 from nfcourse.core.validation import check_count
 
 DIVERGENCES = ("exact", "gaussian", "rademacher")
-_ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
 
 
 class LinearField(nn.Module):
@@ -65,23 +65,25 @@ class LinearField(nn.Module):
 class AugmentedDynamics(nn.Module):
     """The right-hand side of the augmented ODE, ``(x, l[, kinetic, frobenius])``.
 
-    Returns ``(v, div v[, |v|^2, |dv/dx|_F^2])``, each per sample. An ``nn.Module`` so that
-    torchdiffeq's adjoint finds the field's parameters. ``calls`` counts every evaluation,
-    including those a backward (adjoint) solve makes.
+    Returns ``(v, div v[, |v|^2, |dv/dx|_F^2])``, each per sample. The settings of one solve
+    are arguments of :meth:`forward` (bind them with ``functools.partial``), not state, so
+    two solves cannot see each other's. ``calls`` counts every evaluation, including those a
+    backward (adjoint) solve makes.
     """
 
     def __init__(self, field: nn.Module) -> None:
         super().__init__()
         self.field = field
         self.calls = 0
-        self.divergence: str | None = "exact"   # None: transport x only, no log-density
-        self.probe: Tensor | None = None
-        self.regularize = False
 
-    def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    def forward(self, t: Tensor, state: tuple[Tensor, ...], *, divergence: str | None = "exact",
+                probe: Tensor | None = None, regularize: bool = False) -> tuple[Tensor, ...]:
+        """``divergence``: ``"exact"``, ``"gaussian"``/``"rademacher"`` (Hutchinson with the
+        fixed ``probe``) or ``None`` (transport ``x`` only, no log-density); ``regularize``
+        adds the RNODE integrands."""
         self.calls += 1
         x = state[0]
-        if self.divergence is None:
+        if divergence is None:
             return (self.field(t, x),)
         # The divergence needs a graph from x to v even when the caller runs without gradients;
         # create_graph only when the caller will differentiate the result (training, adjoint,
@@ -92,17 +94,19 @@ class AugmentedDynamics(nn.Module):
                 x = x.detach().requires_grad_(True)
             v = self.field(t, x)
             extra: tuple[Tensor, ...] = ()
-            if self.divergence == "exact":
-                if self.regularize:
+            if divergence == "exact":
+                if regularize:
                     jac = jacobian_rows(v, x, create_graph=differentiable)
                     div = torch.diagonal(jac, dim1=1, dim2=2).sum(1)
                     extra = (v.square().sum(1), jac.square().sum((1, 2)))
                 else:
                     div = divergence_exact(v, x, create_graph=differentiable)
             else:
-                assert self.probe is not None
-                div, vjp = divergence_hutchinson(v, x, self.probe, create_graph=differentiable)
-                if self.regularize:
+                if probe is None:
+                    raise ValueError(f"AugmentedDynamics: divergence={divergence!r} needs a "
+                                     "probe (nfcourse.ode.divergence.sample_probe).")
+                div, vjp = divergence_hutchinson(v, x, probe, create_graph=differentiable)
+                if regularize:
                     extra = (v.square().sum(1), vjp.square().sum(1))
         out = (v, div, *extra)
         return out if differentiable else tuple(o.detach() for o in out)
@@ -112,7 +116,7 @@ class ContinuousFlow(Flow):
     """A CNF as a :class:`~nfcourse.core.flow.Flow`: noise at ``t = 0``, data at ``t = T``.
 
     Args:
-        field: the vector field ``v(t, x)``, e.g. :class:`TimeMLP`.
+        field: the vector field ``v(t, x)``, e.g. :class:`~nfcourse.nn.VelocityMLP`.
         dim: the data dimension ``D`` (samples are ``[B, D]``).
         T: integration length.
         train_solver, eval_solver: solvers used in ``train()`` and ``eval()`` mode.
@@ -184,28 +188,30 @@ class ContinuousFlow(Flow):
         dyn = self.dynamics
         b = y.shape[0]
         zeros = y.new_zeros(b)
-        dyn.divergence = self.divergence if log_density else None
-        dyn.regularize = regularize and log_density
-        dyn.probe = None
-        if dyn.divergence in ("gaussian", "rademacher"):
+        divergence = self.divergence if log_density else None
+        regularize = regularize and log_density
+        probe = None
+        if divergence in ("gaussian", "rademacher"):
             # one probe per sample for the whole solve: the estimate is then the exact
             # log-density of one fixed ODE, and unbiased over the probe
-            dyn.probe = sample_probe(y.shape, dyn.divergence, self.generator, y.dtype, y.device)
-        state: tuple[Tensor, ...] = (y,) if dyn.divergence is None else (
-            (y, zeros, zeros, zeros) if dyn.regularize else (y, zeros))
+            probe = sample_probe(y.shape, divergence, self.generator, y.dtype, y.device)
+        state: tuple[Tensor, ...] = (y,) if divergence is None else (
+            (y, zeros, zeros, zeros) if regularize else (y, zeros))
         spec = self.solver
         start = dyn.calls
-        out = solve(dyn, state, t0, t1, spec,
+        rhs = functools.partial(dyn, divergence=divergence, probe=probe, regularize=regularize)
+        # the partial is not a Module, so the adjoint is told the parameters explicitly
+        out = solve(rhs, state, t0, t1, spec,
                     adjoint_params=tuple(p for p in dyn.parameters() if p.requires_grad)
                     if spec.adjoint else None)
         self.last_nfe = dyn.calls - start
         if self.training and torch.is_grad_enabled():
             self.nfe_history.append(self.last_nfe)
         out = (out,) if isinstance(out, Tensor) else tuple(out)
-        if dyn.divergence is None:
+        if divergence is None:
             return out[0], zeros, zeros, zeros
         sign = 1.0 if t1 > t0 else -1.0  # the RNODE integrals are reported as positive
-        if dyn.regularize:
+        if regularize:
             return out[0], out[1], sign * out[2], sign * out[3]
         return out[0], out[1], zeros, zeros
 
@@ -233,7 +239,9 @@ class CNF(FlowModel):
     smooth trajectories that an adaptive solver crosses in few steps.
 
     Args:
-        dim: data dimension; hidden, layers, activation: the :class:`TimeMLP`.
+        dim: data dimension; hidden, layers, activation: the field, a
+            :class:`~nfcourse.nn.VelocityMLP` that sees ``t`` in every layer (no Fourier
+            features) and starts at zero (the identity flow).
         T: integration length; solvers and divergences: see :class:`ContinuousFlow`.
         kinetic, jacobian: RNODE weights (0 switches a term off).
     """
@@ -246,8 +254,10 @@ class CNF(FlowModel):
         if kinetic < 0 or jacobian < 0:
             raise ValueError(f"CNF: RNODE weights must be >= 0, got kinetic={kinetic}, "
                              f"jacobian={jacobian}.")
-        flow = ContinuousFlow(TimeMLP(dim, hidden, layers, activation), dim, T, train_solver,
-                              eval_solver, train_divergence, eval_divergence)
+        field = VelocityMLP(dim, hidden, layers, activation, frequencies=0, time_in_output=True,
+                            zero_last=True)
+        flow = ContinuousFlow(field, dim, T, train_solver, eval_solver, train_divergence,
+                              eval_divergence)
         super().__init__(flow, StandardNormal(dim))
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
         self.last_regularizers = (0.0, 0.0)

@@ -13,11 +13,14 @@ log-det of its ``C x C`` action (``H * W = 1`` for vectors).
   ``C x C`` matrix ``W`` mixing channels (data -> latent: ``z = W x``), stored either densely (log-det by ``slogdet``, O(C^3))
   or as ``W = P L U`` (log-det = ``sum(log|diag U|)``, O(C)).
 * :func:`squeeze2d` / :func:`unsqueeze2d` - space-to-channel reshapes, exact inverses.
-* :class:`ConvAffineCoupling` - affine coupling over channels with a zero-initialised conv net.
 * :class:`Split` - factor out half the channels with a Gaussian prior whose mean and scale are
   predicted from the other half. Written as a flow: the factored half is an affine function
   of standard-normal noise, so ``N(0, I)`` on the noise *is* the learned conditional prior.
-* :class:`GlowStep`, :class:`GlowLevel`, :func:`glow` (images), :func:`glow_2d` (vectors).
+* :class:`GlowStep`, :class:`GlowLevel`; the models :func:`nfcourse.models.glow` (images)
+  and :func:`nfcourse.models.glow_2d` (vectors).
+
+The couplings are chapter 2's :class:`~nfcourse.flows.coupling.AffineCoupling`, over channels
+(:class:`~nfcourse.flows.coupling.ChannelSplit`) for images.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from nfcourse.core.model import FlowModel
-from nfcourse.core.flow import Compose, Flow, as_event_shape, sum_except_batch
-from nfcourse.flows.coupling import AffineCoupling, coupling_masks, soft_clamp
-from nfcourse.nn import conv_net
+from nfcourse.core.flow import Compose, Flow, as_event_shape
+from nfcourse.flows.coupling import AffineCoupling, ChannelSplit, coupling_masks
 
 
 
@@ -303,57 +305,20 @@ def unsqueeze2d(x: Tensor, factor: int = 2) -> Tensor:
 # ----------------------------------------------------------------------------- coupling
 
 
-class ConvAffineCoupling(Flow):
-    """Affine coupling over channels for images ``[B, C, H, W]``.
-
-    The first ``C // 2`` channels are kept; the others get ``x_b = z_b * exp(s) + t`` with
-    ``(s, t) = net(z_a)`` and ``s`` bounded by chapter 2's :func:`soft_clamp`. Always keeping
-    the *first* half is fine in Glow because the learned 1x1 convolution before each coupling
-    decides which mixtures of channels land in each half.
-
-    Log-det of ``forward``: ``sum(s)`` over the transformed channels and all pixels.
-    """
-
-    def __init__(self, event_shape: Sequence[int], hidden: int | None = 64,
-                 scale_bound: float = 3.0) -> None:
-        shape = _event(event_shape)
-        if len(shape) != 3 or shape[0] < 2:
-            raise ValueError(f"{type(self).__name__} needs images with at least 2 channels, "
-                             f"event_shape (C, H, W); got {shape}. Squeeze the image first.")
-        if not scale_bound > 0:
-            raise ValueError(f"scale_bound must be > 0, got {scale_bound}.")
-        super().__init__(shape)
-        self.kept = shape[0] // 2
-        self.net = conv_net(self.kept, 2 * (shape[0] - self.kept), hidden)
-        self.scale_bound = float(scale_bound)
-
-    def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
-        raw_s, t = self.net(kept).chunk(2, dim=1)
-        return soft_clamp(raw_s, self.scale_bound), t
-
-    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        za, zb = z[:, :self.kept], z[:, self.kept:]
-        s, t = self._scale_shift(za)
-        return torch.cat([za, zb * s.exp() + t], dim=1), sum_except_batch(s)
-
-    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        xa, xb = x[:, :self.kept], x[:, self.kept:]
-        s, t = self._scale_shift(xa)
-        return torch.cat([xa, (xb - t) * (-s).exp()], dim=1), -sum_except_batch(s)
-
-
-class Split(ConvAffineCoupling):
+class Split(AffineCoupling):
     """Factor out the last ``C - C // 2`` channels with a learned conditional Gaussian prior.
 
     In Glow the factored-out half ``x_b`` gets the prior ``N(mu(x_a), sigma(x_a)^2)`` and the
     kept half ``x_a`` goes on to deeper levels. Written as a flow, ``x_b = mu + sigma * eps``
     with ``eps ~ N(0, I)``: the inverse returns ``(x_a, eps)`` and its log-det ``-sum(log
     sigma)``, so ``N(eps; 0, I) + logdet = log N(x_b; mu, sigma^2)`` exactly. The prior network is
-    one zero-initialised 3x3 convolution, so it starts as ``N(0, I)``.
+    one zero-initialised 3x3 convolution, so it starts as ``N(0, I)``. It is an affine
+    coupling over channels (:class:`ChannelSplit`) whose conditioner has no hidden layer.
     """
 
     def __init__(self, event_shape: Sequence[int], scale_bound: float = 3.0) -> None:
-        super().__init__(event_shape, hidden=None, scale_bound=scale_bound)
+        super().__init__(ChannelSplit(event_shape), hidden=None, scale_bound=scale_bound)
+        self.kept = self.partition.kept_channels
 
 
 # ----------------------------------------------------------------------------- Glow
@@ -363,9 +328,10 @@ class GlowStep(Compose):
     """One Glow step. Data -> latent (``inverse``): ActNorm, then the invertible 1x1
     convolution (or linear map), then the affine coupling; ``forward`` runs them backwards.
 
-    Works on images (``(C, H, W)``: :class:`InvertibleConv1x1` + :class:`ConvAffineCoupling`)
-    and on vectors (``(D,)``: :class:`InvertibleLinear` + chapter 2's ``AffineCoupling`` with a
-    fixed mask; the learned mixing replaces the alternation of masks).
+    Works on images (``(C, H, W)``: :class:`InvertibleConv1x1` + chapter 2's
+    :class:`AffineCoupling` over channels, :class:`ChannelSplit`) and on vectors (``(D,)``:
+    :class:`InvertibleLinear` + the coupling with a fixed "halves" split); the learned mixing
+    replaces the alternation of masks.
 
     Args:
         event_shape: ``(D,)`` or ``(C, H, W)``.
@@ -386,7 +352,7 @@ class GlowStep(Compose):
                                       scale_bound)
         else:
             mix = InvertibleConv1x1(shape, lu, generator)
-            coupling = ConvAffineCoupling(shape, hidden, scale_bound)
+            coupling = AffineCoupling(ChannelSplit(shape), hidden, scale_bound=scale_bound)
         # Compose runs its list in the forward (latent -> data) direction, so the data -> latent
         # order ActNorm -> mix -> coupling is the reverse of this list.
         super().__init__(coupling, mix, ActNorm(shape), event_shape=shape)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nfcourse.core.flow import Flow, Inverse, sum_except_batch
+from nfcourse.core.flow import Flow, sum_except_batch
 from nfcourse.core.validation import validation_enabled
 
 
@@ -80,11 +80,43 @@ class Sigmoid(Flow):
         return z, -sum_except_batch(x.log() + torch.log1p(-x))
 
 
-class Logit(Inverse):
-    """``x = log(z / (1 - z))``: the inverse of :class:`Sigmoid` (forward takes ``(0, 1)``)."""
+class Logit(Flow):
+    """``x = logit(alpha + (1 - 2 alpha) z)``: from the unit box to the real line.
 
-    def __init__(self, event_shape: int | Sequence[int] | None = None) -> None:
-        super().__init__(Sigmoid(event_shape))
+    With ``alpha = 0`` (the default) it is the plain logit, the inverse of :class:`Sigmoid`.
+    ``alpha`` in ``[0, 0.5)`` squeezes the box first, so ``x`` stays finite even at ``z = 0``
+    or ``1`` (the pixels of a dequantised image, RealNVP's 0.05). With
+    ``s = alpha + (1 - 2 alpha) z``, ``dx/dz = (1 - 2 alpha) / (s (1 - s))`` per entry, so
+
+        log|det dx/dz| = D log(1 - 2 alpha) - sum(log s + log(1 - s)),
+
+    and ``inverse`` (``z = (sigmoid(x) - alpha) / (1 - 2 alpha)``) returns its negative at the
+    matching point. Image models put ``Inverse(Logit(...))`` at their data end, so that their
+    density is on the box.
+    """
+
+    def __init__(self, event_shape: int | Sequence[int] | None = None,
+                 alpha: float = 0.0) -> None:
+        if not 0 <= alpha < 0.5:
+            raise ValueError(f"Logit: alpha must be in [0, 0.5), got {alpha}.")
+        super().__init__(event_shape)
+        self.alpha = float(alpha)
+
+    def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        s = self.alpha + (1 - 2 * self.alpha) * z
+        if validation_enabled() and not bool(((s > 0) & (s < 1)).all()):
+            lo, hi = -self.alpha / (1 - 2 * self.alpha), (1 - self.alpha) / (1 - 2 * self.alpha)
+            raise ValueError(f"Logit.forward(z): z must lie in ({lo:.4g}, {hi:.4g}), the unit "
+                             f"box widened by alpha = {self.alpha}; got values outside. Clip "
+                             f"it first, e.g. z.clamp(1e-6, 1 - 1e-6).")
+        log_s, log_1ms = torch.log(s), torch.log1p(-s)
+        return log_s - log_1ms, sum_except_batch(math.log(1 - 2 * self.alpha) - log_s - log_1ms)
+
+    def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        scale = 1 - 2 * self.alpha
+        z = (torch.sigmoid(x) - self.alpha) / scale
+        # log dz/dx = log s(x) + log s(-x) - log(scale), with logsigmoid to stay finite
+        return z, sum_except_batch(F.logsigmoid(x) + F.logsigmoid(-x) - math.log(scale))
 
 
 class Polar(Flow):

@@ -10,13 +10,13 @@
 from nfcourse.jko.gaussian import (gaussian_jko_path, gaussian_jko_step, jko_step_1d,
                                    kl_gaussian, ou_1d, ou_solution, w2_gaussian)
 from nfcourse.jko.langevin import LangevinRun, langevin
-from nfcourse.jko.solver import (JKOConfig, JKORun, Particles, StepFit, affine_map,
-                                 coupling_map, fit_jko_map, flow_jko, gaussian_start,
-                                 jko_objective)
+from nfcourse.jko.solver import (JKOConfig, JKORun, JKOStepObjective, Particles, StepFit,
+                                 affine_map, coupling_map, fit_jko_map, flow_jko,
+                                 gaussian_start, jko_objective)
 from nfcourse.jko.targets import Target, banana_target, gaussian_target
 
 __all__ = ["gaussian_jko_path", "gaussian_jko_step", "jko_step_1d", "kl_gaussian", "ou_1d",
            "ou_solution", "w2_gaussian", "LangevinRun", "langevin", "JKOConfig",
-           "JKORun", "Particles", "StepFit", "affine_map", "coupling_map", "fit_jko_map",
-           "flow_jko", "gaussian_start", "jko_objective", "Target", "banana_target",
+           "JKORun", "JKOStepObjective", "Particles", "StepFit", "affine_map", "coupling_map",
+           "fit_jko_map", "flow_jko", "gaussian_start", "jko_objective", "Target", "banana_target",
            "gaussian_target"]

@@ -43,6 +43,8 @@ from nfcourse.flows.simple import ElementwiseAffine
 from nfcourse.jko.targets import Target
 from nfcourse.core.model import FlowModel
 from nfcourse.core.validation import check_tensor, validation
+from nfcourse.training.engine import TrainConfig, fit
+from nfcourse.metrics.stats import mean_se
 
 OPTIMIZERS = ("adam", "lbfgs")
 
@@ -55,7 +57,8 @@ class JKOConfig:
         tau: the JKO time step (``> 0``); ``k`` steps reach time ``k * tau``.
         iterations: optimiser iterations per step (Adam steps, or L-BFGS iterations).
         lr: learning rate (Adam, cosine-decayed to 0 within each step) or initial L-BFGS step.
-        optimizer: ``"adam"`` (any map) or ``"lbfgs"`` (few parameters, full precision).
+        optimizer: ``"adam"`` (any map; trained by :func:`nfcourse.training.engine.fit`) or
+            ``"lbfgs"`` (few parameters, full precision).
     """
 
     tau: float
@@ -99,8 +102,7 @@ class Particles:
     def free_energy(self, target: Target) -> tuple[float, float]:
         """``KL(p || pi)`` estimated as the particle mean of ``log p + U + log Z``, and its
         standard error (``std / sqrt(N)``). In nats."""
-        v = self.free_energy_terms(target)
-        return float(v.mean()), float(v.std() / math.sqrt(len(v)))
+        return mean_se(self.free_energy_terms(target))
 
     def push(self, flow: Flow) -> Particles:
         """The particles of ``flow.forward # p``: ``y = T(x)``, ``log p(y) = log p(x) - logdet``."""
@@ -136,10 +138,54 @@ def jko_objective(flow: Flow, x: Tensor, target: Target, tau: float) -> tuple[Te
     return loss, transport
 
 
+class JKOStepObjective(nn.Module):
+    """One JKO step as a training objective for :func:`nfcourse.training.engine.fit`.
+
+    ``data`` is the fitting particles ``x [N, D]`` themselves: every step uses all of them (a
+    deterministic full-batch optimisation, not a stochastic estimate), so ``draw`` ignores
+    ``n`` and the generators. Loss and evaluation: :func:`jko_objective` in nats.
+    """
+
+    def __init__(self, flow: Flow, target: Target, tau: float) -> None:
+        super().__init__()
+        self.flow, self.target, self.tau = flow, target, tau
+
+    @property
+    def model(self) -> Flow:
+        return self.flow
+
+    def draw(self, data: Tensor, n: int, generator: torch.Generator,
+             noise_generator: torch.Generator) -> Tensor:
+        return data
+
+    def loss(self, x: Tensor) -> Tensor:
+        return jko_objective(self.flow, x, self.target, self.tau)[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.loss(x)
+
+    def evaluate(self, x: Tensor) -> float:
+        return float(self.loss(x).detach())
+
+
+def jko_train_config(config: JKOConfig, particles: int) -> TrainConfig:
+    """The engine settings of an Adam JKO step: Adam (no weight decay), the learning rate
+    cosine-decayed to 0 over the step's iterations, no warm-up or clipping, one evaluation
+    at the end and no restore-best (the step's result is its last iterate)."""
+    return TrainConfig(steps=config.iterations, batch_size=particles, lr=config.lr,
+                       weight_decay=0.0, warmup=0, schedule="cosine", min_lr_ratio=0.0,
+                       clip_grad=None, eval_every=config.iterations, eval_size=particles,
+                       restore_best=False)
+
+
 def fit_jko_map(flow: Flow, x: Tensor, target: Target, config: JKOConfig) -> StepFit:
     """Fit ``flow`` (in place) to minimise :func:`jko_objective` on the particles ``x [N, D]``.
 
     ``flow`` should start at the identity (then the objective starts at ``E U(x)``).
+    ``"adam"`` runs the one training loop, :func:`nfcourse.training.engine.fit`, on
+    :class:`JKOStepObjective`. ``"lbfgs"`` stays outside it: L-BFGS needs a closure that
+    re-evaluates the loss several times per step (its line search) and builds its own curvature
+    model, so the engine's one-loss-per-step loop, schedules, clipping and EMA do not apply.
     Raises ``FloatingPointError`` if the objective becomes non-finite.
     """
     x = x.detach()
@@ -148,38 +194,34 @@ def fit_jko_map(flow: Flow, x: Tensor, target: Target, config: JKOConfig) -> Ste
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params:
         raise ValueError("fit_jko_map: the map has no trainable parameters.")
+    if config.optimizer == "lbfgs":
+        _fit_lbfgs(flow, params, x, target, config)
+    else:
+        fit(JKOStepObjective(flow, target, config.tau), x, jko_train_config(config, len(x)),
+            eval_data=x, progress=False)
+    with torch.no_grad():
+        end, transport = jko_objective(flow, x, target, config.tau)
+    return StepFit(float(start), float(end), float(transport))
 
-    def loss_fn() -> Tensor:
+
+def _fit_lbfgs(flow: Flow, params: list[Tensor], x: Tensor, target: Target,
+               config: JKOConfig) -> None:
+    """Full-precision L-BFGS with a strong-Wolfe line search on all particles."""
+    opt = torch.optim.LBFGS(params, lr=config.lr, max_iter=config.iterations,
+                            tolerance_grad=1e-12, tolerance_change=1e-15,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
         loss, _ = jko_objective(flow, x, target, config.tau)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"JKO step objective became {float(loss)}; lower lr, raise the map's "
                 "scale bound or use a smaller tau.")
+        loss.backward()
         return loss
 
-    if config.optimizer == "lbfgs":
-        opt_l = torch.optim.LBFGS(params, lr=config.lr, max_iter=config.iterations,
-                                  tolerance_grad=1e-12, tolerance_change=1e-15,
-                                  history_size=20, line_search_fn="strong_wolfe")
-
-        def closure() -> Tensor:
-            opt_l.zero_grad(set_to_none=True)
-            loss = loss_fn()
-            loss.backward()
-            return loss
-
-        opt_l.step(closure)
-    else:
-        opt = torch.optim.Adam(params, lr=config.lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iterations)
-        for _ in range(config.iterations):
-            opt.zero_grad(set_to_none=True)
-            loss_fn().backward()
-            opt.step()
-            sched.step()
-    with torch.no_grad():
-        end, transport = jko_objective(flow, x, target, config.tau)
-    return StepFit(float(start), float(end), float(transport))
+    opt.step(closure)
 
 
 @dataclass
@@ -261,12 +303,14 @@ def flow_jko(initial: FlowModel, target: Target, config: JKOConfig, steps: int,
     def record(k: int) -> None:
         run.free_energy_fit.append(fit_set.free_energy(target)[0])
         terms = eval_set.free_energy_terms(target)
-        run.free_energy_eval.append(float(terms.mean()))
-        run.free_energy_eval_se.append(float(terms.std() / math.sqrt(len(terms))))
+        mean, se = mean_se(terms)
+        run.free_energy_eval.append(mean)
+        run.free_energy_eval_se.append(se)
         if previous:
             diff = terms - previous[0]
-            run.change_eval.append(float(diff.mean()))
-            run.change_eval_se.append(float(diff.std() / math.sqrt(len(diff))))
+            mean, se = mean_se(diff)
+            run.change_eval.append(mean)
+            run.change_eval_se.append(se)
         previous[:] = [terms]
         if k in snapshot_at:
             run.snapshots[k] = eval_set.x.clone()

@@ -3,7 +3,7 @@
 Everything integrates ``dx/dt = v(t, x)`` with the solvers of :mod:`nfcourse.ode.solvers`
 (hand-written Euler / midpoint / Heun / RK4 with a fixed number of steps, or torchdiffeq's
 adaptive dopri5), from ``t = 0`` (noise) to ``t = 1`` (data). The log-likelihood reuses
-:class:`nfcourse.cnf.ContinuousFlow`: the instantaneous change of variables with the exact
+:class:`nfcourse.flows.continuous.ContinuousFlow`: the instantaneous change of variables with the exact
 (autograd) divergence, integrated from data back to noise.
 """
 

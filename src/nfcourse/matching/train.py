@@ -1,4 +1,4 @@
-"""The conditional flow matching (CFM) loss and one small training loop for it.
+"""The conditional flow matching (CFM) loss, its training objective, and ``train_cfm``.
 
 The CFM loss regresses the field on the velocity of the conditional path:
 
@@ -9,26 +9,27 @@ Its gradient equals that of the intractable marginal loss ``E |v_theta(t, x_t) -
 (``u_t(x) = E[u_t(x0, x1) | x_t = x]``), the two losses differing by a constant (Lipman et
 al. 2023, Thm. 2), so they have the same minimiser.
 
-The loop is not :func:`nfcourse.training.engine.fit`: that one maximises a likelihood and evaluates a
-held-out NLL, while this is a regression with fresh noise, times and pairs at every step.
+Training is the one loop, :func:`nfcourse.training.engine.fit`, with :class:`CFMObjective`;
+:func:`train_cfm` only sets the flow-matching defaults (Adam, cosine decay to 5% with no
+warm-up, no clipping, an EMA of the weights) and calls it.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field as dc_field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from nfcourse.core.validation import module_dtype_device
 from nfcourse.matching.coupling import COUPLINGS, pair
 from nfcourse.matching.paths import GaussianPath
+from nfcourse.training.engine import History, TrainConfig, fit
 
 Sampler = Callable[[int, torch.Generator], Tensor]
+BatchLoss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 def cfm_loss(field: nn.Module, path: GaussianPath, x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:
@@ -41,63 +42,105 @@ def cfm_loss(field: nn.Module, path: GaussianPath, x0: Tensor, x1: Tensor, t: Te
     return (field(t, xt) - target).square().sum(dim=1).mean()
 
 
-@dataclass
-class CFMHistory:
-    """Loss after every step, and the wall time of the run (seconds)."""
+class CFMObjective(nn.Module):
+    """Conditional flow matching of ``field`` along ``path`` as a training objective.
 
-    losses: list[float] = dc_field(default_factory=list)
-    seconds: float = 0.0
+    ``data`` is a sampler ``(n, generator) -> [n, D]`` of data points ``x1``, each paired with
+    ``N(0, I)`` noise ``x0`` through ``coupling``; or fixed pairs ``(x0 [N, D], x1 [N, D])``
+    (reflow), drawn as rows with their partners. A batch is ``(x0, x1, t)``: data rows come
+    from the CPU ``generator``, the noise and the times ``t ~ U[0, 1]`` are drawn on the
+    field's device from ``noise_generator``, and the coupling pairs the *global* batch before
+    the engine shards it. Loss: :func:`cfm_loss`, or ``batch_loss(x0, x1, t)`` when given.
+    Evaluation: the same loss on held-out data with noise and times seeded by ``eval_seed``
+    (the same at every evaluation), with the pairs as drawn (the independent coupling), so
+    the value does not depend on the coupling's batch size.
+    """
 
-    def smoothed(self, window: int = 100) -> float:
-        """Mean of the last ``window`` losses."""
-        tail = self.losses[-window:]
-        return sum(tail) / max(len(tail), 1)
+    def __init__(self, field: nn.Module, path: GaussianPath, coupling: str = "independent",
+                 ot_block: int | None = None, batch_loss: BatchLoss | None = None,
+                 eval_seed: int = 0) -> None:
+        super().__init__()
+        if coupling not in COUPLINGS:
+            raise ValueError(f"CFMObjective: unknown coupling {coupling!r}; choose one of "
+                             f"{', '.join(COUPLINGS)}.")
+        self.field, self.path, self.coupling, self.ot_block = field, path, coupling, ot_block
+        self.batch_loss, self.eval_seed = batch_loss, eval_seed
+
+    @property
+    def model(self) -> nn.Module:
+        return self.field
+
+    def _device(self) -> torch.device:
+        return module_dtype_device(self.field)[1] or torch.device("cpu")
+
+    def draw(self, data: Sampler | tuple[Tensor, Tensor], n: int, generator: torch.Generator,
+             noise_generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        device = noise_generator.device
+        if isinstance(data, tuple):
+            idx = torch.randint(0, data[0].shape[0], (n,), generator=generator)
+            x0, x1 = data[0][idx].to(device), data[1][idx].to(device)
+        else:
+            x1 = data(n, generator).to(device)
+            x0 = torch.randn(x1.shape, generator=noise_generator, dtype=x1.dtype, device=device)
+            x0, x1 = pair(x0, x1, self.coupling, self.ot_block)
+        t = torch.rand(n, generator=noise_generator, dtype=x0.dtype, device=device)
+        return x0, x1, t
+
+    def loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        x0, x1, t = batch
+        if self.batch_loss is not None:
+            return self.batch_loss(x0, x1, t)
+        return cfm_loss(self.field, self.path, x0, x1, t)
+
+    def forward(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        return self.loss(batch)
+
+    @torch.no_grad()
+    def evaluate(self, held_out: Tensor | tuple[Tensor, Tensor]) -> float:
+        g = torch.Generator(device=self._device()).manual_seed(self.eval_seed)
+        if isinstance(held_out, tuple):
+            x0, x1 = held_out
+        else:
+            x1 = held_out
+            x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype, device=x1.device)
+        t = torch.rand(x1.shape[0], generator=g, dtype=x1.dtype, device=x1.device)
+        return float(self.loss((x0, x1, t)))
 
 
 def train_cfm(field: nn.Module, path: GaussianPath,
               data: Sampler | tuple[Tensor, Tensor], *, coupling: str = "independent",
               ot_block: int | None = None, steps: int = 2000,
-              batch_size: int = 256, lr: float = 2e-3,
-              generator: torch.Generator | None = None, ema: float | None = 0.999,
-              batch_loss: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
-              checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
-              stop_at: int | None = None, model_spec: dict[str, Any] | None = None
-              ) -> CFMHistory:
-    """Fit ``field`` by conditional flow matching; Adam with a cosine-decayed learning rate.
+              batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
+              ema: float | None = 0.999, batch_loss: BatchLoss | None = None,
+              eval_size: int = 4096, checkpoint: str | os.PathLike[str] | None = None,
+              resume: bool = False, stop_at: int | None = None,
+              model_spec: dict[str, Any] | None = None, progress: bool | None = False
+              ) -> History:
+    """Fit ``field`` by conditional flow matching: :func:`~nfcourse.training.engine.fit` of a
+    :class:`CFMObjective` with Adam and a cosine-decayed learning rate (to 5%, no warm-up).
 
     Args:
-        field: ``v(t, x)`` with ``t [B]``, e.g. :class:`~nfcourse.matching.VelocityMLP`.
+        field: ``v(t, x)`` with ``t [B]``, e.g. :class:`~nfcourse.nn.VelocityMLP`, on the
+            device to train on (noise and times are drawn there).
         path: the conditional path (noise at ``t = 0``, data at ``t = 1``).
-        data: either a sampler ``(n, generator) -> [n, D]`` of data points, paired with fresh
-            ``N(0, I)`` noise at every step through ``coupling``; or fixed pairs
-            ``(x0 [N, D], x1 [N, D])`` (reflow), from which rows are drawn with their partners.
+        data: a sampler ``(n, generator) -> [n, D]`` of data points, or fixed pairs
+            ``(x0 [N, D], x1 [N, D])`` (reflow; their first ``eval_size`` rows are the
+            reported held-out set, since the pairs are the target itself).
         coupling: ``"independent"`` (I-CFM) or ``"ot"`` (exact minibatch OT, OT-CFM); must be
             ``"independent"`` for fixed pairs, which are already coupled.
         ot_block: solve the minibatch OT in blocks of this many rows (None: the whole batch).
+        seed: seeds the data stream, the noise and the times.
         ema: decay of an exponential moving average of the weights, copied into ``field`` at
             the end (``None``: keep the last iterate). Averaging removes most of the noise the
             regression's random targets leave in the weights.
         batch_loss: replaces :func:`cfm_loss` by ``batch_loss(x0, x1, t)`` (the lecture's
             variant uses this); ``path`` is then unused.
-        checkpoint, resume, stop_at, model_spec: as in :func:`nfcourse.training.engine.fit`: the file
-            holds the field, optimiser, schedule, generator state, EMA weights and losses, so
-            pausing at ``stop_at`` and resuming gives bit-for-bit the weights of one run. With
-            ``model_spec`` (e.g. ``{"name": "velocity_mlp", "kwargs": {...}}``) the finished
-            field loads with :func:`nfcourse.training.checkpoint.load_model`. Other arguments must be
-            the same when resuming (only the step count and ``ema`` are checked).
+        eval_size: held-out points scored once, at the end (``History.eval_loss``).
+        checkpoint, resume, stop_at, model_spec, progress: as in
+            :func:`~nfcourse.training.engine.fit` (a resumed run must use the same arguments).
+    Returns:
+        the :class:`~nfcourse.training.engine.History`; losses are squared velocity errors.
     """
-    if coupling not in COUPLINGS:
-        raise ValueError(f"train_cfm: unknown coupling {coupling!r}; choose one of "
-                         f"{', '.join(COUPLINGS)}.")
-    if not isinstance(steps, int) or steps < 1 or not isinstance(batch_size, int) \
-            or batch_size < 2:
-        raise ValueError(f"train_cfm: steps must be >= 1 and batch_size >= 2, got {steps}, "
-                         f"{batch_size}.")
-    if ema is not None and not 0.0 < ema < 1.0:
-        raise ValueError(f"train_cfm: ema must be in (0, 1) or None, got {ema}.")
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"train_cfm: lr must be a finite number > 0, got {lr}.")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
     fixed = isinstance(data, tuple)
     if fixed:
         px0, px1 = data  # type: ignore[misc]
@@ -110,73 +153,16 @@ def train_cfm(field: nn.Module, path: GaussianPath,
     elif not callable(data):
         raise ValueError("train_cfm: data must be a sampler (n, generator) -> [n, D] or a "
                          "tuple of fixed pairs (x0, x1).")
-    loss_fn = batch_loss or (lambda a, b, t: cfm_loss(field, path, a, b, t))
-    opt = torch.optim.Adam(field.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)) * 0.95 + 0.05)
-    hist = CFMHistory()
-    params = [p for p in field.parameters() if p.requires_grad]
-    avg = [p.detach().clone() for p in params] if ema is not None else []
-    if resume:
-        from nfcourse.training.checkpoint import load_checkpoint
-
-        if checkpoint is None:
-            raise ValueError("train_cfm(resume=True) needs checkpoint= (the file to resume).")
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.get("cfm") != {"steps": steps, "ema": ema}:
-            raise ValueError(f"cannot resume from {checkpoint}: it was trained with "
-                             f"{ckpt.get('cfm')}, not steps={steps}, ema={ema}; resume with "
-                             "the same arguments or start a new run (resume=False).")
-        field.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        g.set_state(ckpt["rng"])
-        for a, saved in zip(avg, ckpt["ema_weights"]):
-            a.copy_(saved)
-        hist.losses, hist.seconds = list(ckpt["losses"]), float(ckpt["seconds"])
-    last = steps if stop_at is None else min(stop_at, steps)
-
-    def save() -> None:
-        if checkpoint is None:
-            return
-        from nfcourse.training.checkpoint import save_checkpoint
-
-        save_checkpoint(checkpoint, {
-            "model_spec": model_spec, "model": field.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "rng": g.get_state(), "ema_weights": avg,
-            "losses": hist.losses, "seconds": hist.seconds,
-            "cfm": {"steps": steps, "ema": ema}})
-
-    start = time.perf_counter()
-    field.train()
-    while len(hist.losses) < last:
-        if fixed:
-            idx = torch.randint(0, px0.shape[0], (batch_size,), generator=g)
-            x0, x1 = px0[idx], px1[idx]
-        else:
-            x1 = data(batch_size, g)  # type: ignore[operator]
-            x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
-            x0, x1 = pair(x0, x1, coupling, ot_block)
-        t = torch.rand(batch_size, generator=g, dtype=x0.dtype)
-        loss = loss_fn(x0, x1, t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if ema is not None:
-            with torch.no_grad():
-                # warm start: short runs average over roughly the last steps / 10 steps
-                d = min(ema, 1.0 - 10.0 / (len(hist.losses) + 10))
-                torch._foreach_lerp_(avg, [p.detach() for p in params], 1.0 - d)
-        hist.losses.append(float(loss.detach()))
-    finished = len(hist.losses) == steps
-    if ema is not None and finished:  # a paused run keeps the iterate; the average is saved
-        with torch.no_grad():
-            for p, a in zip(params, avg):
-                p.copy_(a)
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"train_cfm: batch_size must be an int >= 2, got {batch_size!r}.")
+    objective = CFMObjective(field, path, coupling, ot_block, batch_loss)
+    # one evaluation, at the end, and no restore-best: the result is the (averaged) last field
+    config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0,
+                         warmup=0, schedule="cosine", min_lr_ratio=0.05, clip_grad=None,
+                         ema=ema, eval_every=steps, eval_size=eval_size, restore_best=False,
+                         seed=seed)
+    history = fit(objective, data, config, eval_data=data if fixed else None,
+                  checkpoint=checkpoint, resume=resume, stop_at=stop_at,
+                  model_spec=model_spec, progress=progress)
     field.eval()
-    hist.seconds += time.perf_counter() - start
-    save()
-    if hist.losses and not math.isfinite(hist.losses[-1]):
-        raise RuntimeError("train_cfm: the loss is not finite; lower lr.")
-    return hist
+    return history

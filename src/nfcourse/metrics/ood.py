@@ -7,9 +7,10 @@ normal points are then flagged (the false-positive rate), whatever the outliers 
 
 Conventions used throughout: *outliers are the positive class*; a point is flagged when its
 log-density is strictly below the threshold; the score that ranks points for the ROC curve is
-``-log p(x)`` (higher means more anomalous). :func:`auroc` is the Mann-Whitney statistic, equal
-to scikit-learn's ``roc_auc_score`` (the tests check it), and :func:`bootstrap_ci` gives
-percentile bootstrap intervals that resample the normal and the outlier test points separately.
+``-log p(x)`` (higher means more anomalous). :func:`auroc` is scikit-learn's ``roc_auc_score``
+with those conventions, and :func:`bootstrap_ci` gives percentile bootstrap intervals
+(:func:`nfcourse.metrics.stats.bootstrap_interval`) that resample the normal and the outlier
+test points separately.
 """
 
 from __future__ import annotations
@@ -19,8 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import Tensor
+
+from nfcourse.metrics.stats import bootstrap_interval
 
 Scores = Tensor | np.ndarray
 
@@ -80,28 +85,26 @@ def auroc(in_log_p: Scores, out_log_p: Scores) -> float:
     """Area under the ROC curve for telling outliers from normal points by ``-log p``.
 
     It is the probability that a random outlier has a lower log-density than a random normal
-    point, ties counting one half (the Mann-Whitney U statistic divided by ``n_in * n_out``),
-    computed from mid-ranks in ``O(n log n)``.
+    point, ties counting one half (the Mann-Whitney U statistic divided by ``n_in * n_out``).
     """
     a = _as_scores(in_log_p, "auroc: in_log_p")
     b = _as_scores(out_log_p, "auroc: out_log_p")
-    return _auroc(a, b)
+    labels = np.r_[np.zeros(len(a)), np.ones(len(b))]
+    # Outliers are the positive class and -log p the score that ranks them.
+    return float(roc_auc_score(labels, -np.r_[a, b]))
 
 
-def _auroc(a: np.ndarray, b: np.ndarray) -> float:
-    # Rank all anomaly scores -log p together; ties get the mean of their ranks.
-    scores = np.concatenate([-a, -b])
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    # boundaries of runs of equal values
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-    ends = np.r_[starts[1:], len(scores)]
-    mid = 0.5 * (starts + ends - 1) + 1.0          # mean 1-based rank of each run
-    ranks[order] = np.repeat(mid, ends - starts)
-    n_in, n_out = len(a), len(b)
-    u_out = ranks[n_in:].sum() - n_out * (n_out + 1) / 2
-    return float(u_out / (n_in * n_out))
+def _auroc(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray | float:
+    """:func:`auroc` of normal scores ``a`` and outliers ``b`` along ``axis`` (last by default).
+
+    The same number as ``roc_auc_score`` from mid-ranks (``scipy.stats.rankdata``), but
+    vectorised over leading axes: the bootstrap scores 1000 replicates of 10,000 points in a
+    few batched calls, where 1000 calls of ``roc_auc_score`` would take ~6 s.
+    """
+    ranks = scipy.stats.rankdata(np.concatenate([-a, -b], axis=axis), axis=axis)
+    n_in, n_out = a.shape[axis], b.shape[axis]
+    u_out = np.take(ranks, np.arange(n_in, n_in + n_out), axis=axis).sum(axis=axis)
+    return (u_out - n_out * (n_out + 1) / 2) / (n_in * n_out)
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,11 @@ class OODResult:
                 f"{self.n_in} normal + {self.n_out} outliers)")
 
 
-def _accuracy(a: np.ndarray, b: np.ndarray, threshold: float) -> float:
-    correct = int((a >= threshold).sum()) + int((b < threshold).sum())
-    return correct / (len(a) + len(b))
+def _accuracy(a: np.ndarray, b: np.ndarray, threshold: float, axis: int = -1
+              ) -> np.ndarray | float:
+    # Vectorised over leading axes like _auroc, for the bootstrap.
+    correct = (a >= threshold).sum(axis=axis) + (b < threshold).sum(axis=axis)
+    return correct / (a.shape[axis] + b.shape[axis])
 
 
 def bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float], in_log_p: Scores,
@@ -152,18 +157,7 @@ def bootstrap_ci(statistic: Callable[[np.ndarray, np.ndarray], float], in_log_p:
     """
     a = _as_scores(in_log_p, "bootstrap_ci: in_log_p")
     b = _as_scores(out_log_p, "bootstrap_ci: out_log_p")
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 10:
-        raise ValueError(f"bootstrap_ci: n_boot must be an int >= 10 (1000 is typical), "
-                         f"got {n_boot!r}.")
-    if not 0 < level < 1:
-        raise ValueError(f"bootstrap_ci: level must be in (0, 1), e.g. 0.95, got {level!r}.")
-    rng = np.random.default_rng(seed)
-    reps = np.empty(n_boot)
-    for i in range(n_boot):
-        reps[i] = statistic(a[rng.integers(0, len(a), len(a))],
-                            b[rng.integers(0, len(b), len(b))])
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return bootstrap_interval(statistic, a, b, n_boot=n_boot, level=level, seed=seed)
 
 
 def evaluate_ood(val_log_p: Scores, in_log_p: Scores, out_log_p: Scores, *,
@@ -183,11 +177,13 @@ def evaluate_ood(val_log_p: Scores, in_log_p: Scores, out_log_p: Scores, *,
     b = _as_scores(out_log_p, "evaluate_ood: out_log_p")
     return OODResult(
         percent=float(percent), threshold=threshold, n_in=len(a), n_out=len(b),
-        accuracy=_accuracy(a, b, threshold), tpr=float((b < threshold).mean()),
-        fpr=float((a < threshold).mean()), auroc=_auroc(a, b),
-        accuracy_ci=bootstrap_ci(lambda u, v: _accuracy(u, v, threshold), a, b, n_boot=n_boot,
-                                 level=level, seed=seed),
-        auroc_ci=bootstrap_ci(_auroc, a, b, n_boot=n_boot, level=level, seed=seed + 1),
+        accuracy=float(_accuracy(a, b, threshold)), tpr=float((b < threshold).mean()),
+        fpr=float((a < threshold).mean()), auroc=auroc(a, b),
+        accuracy_ci=bootstrap_interval(lambda u, v, axis: _accuracy(u, v, threshold, axis), a,
+                                       b, n_boot=n_boot, level=level, seed=seed,
+                                       vectorized=True),
+        auroc_ci=bootstrap_interval(_auroc, a, b, n_boot=n_boot, level=level, seed=seed + 1,
+                                    vectorized=True),
         level=level)
 
 

@@ -18,8 +18,6 @@ its Jacobian; its expectation is ``0``, not the trace (chapter 4 shows this nume
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -127,11 +125,3 @@ def hutchinson_trace(jacobian: Tensor, n_probes: int, kind: str = "rademacher",
                      jacobian.device)
     return torch.einsum("ni,ij,nj->n", e, jacobian, e)
 
-
-def mean_and_se(values: Tensor) -> tuple[float, float]:
-    """Sample mean and its standard error ``std / sqrt(n)`` of a 1-D tensor."""
-    n = values.numel()
-    if n < 2:
-        raise ValueError("mean_and_se: need at least two values.")
-    values = values.detach()
-    return float(values.mean()), float(values.std() / math.sqrt(n))
