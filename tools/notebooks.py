@@ -53,7 +53,7 @@ REPORT = ROOT / "execution.md"
 BUDGET_S: dict[str, dict[str, int]] = {
     "01-change-of-variables": {"ci": 60, "full": 600},
     "02-coupling-flows": {"ci": 180, "full": 1800},
-    "03-glow": {"ci": 180, "full": 1800},
+    "03-glow": {"ci": 240, "full": 1800},
     "04-continuous-flows": {"ci": 240, "full": 3600},
     "05-mnist": {"ci": 300, "full": 3600},
     "06-flow-matching": {"ci": 240, "full": 3600},

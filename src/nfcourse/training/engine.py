@@ -241,16 +241,21 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch.to(device)
 
 
-def _warm_ema(decay: float) -> Callable[[Tensor, Tensor, Tensor | int], Tensor]:
-    """``avg_fn`` for AveragedModel: EMA with decay ``min(decay, 1 - 10 / (n + 10))`` after
-    ``n`` updates. Plain ``get_ema_multi_avg_fn(decay)`` would keep the initial weights at
-    weight ``decay^steps`` (13% after 2,000 steps at 0.999); the warm start averages short
-    runs over roughly their last tenth instead. Tensor arithmetic: no host sync per step."""
-    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
-        n = torch.as_tensor(num_averaged, device=averaged.device).to(averaged.dtype)
+def _warm_ema(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor | int], None]:
+    """``multi_avg_fn`` for AveragedModel: EMA with decay ``min(decay, 1 - 10 / (n + 10))``
+    after ``n`` updates. Plain ``get_ema_multi_avg_fn(decay)`` would keep the initial weights
+    at weight ``decay^steps`` (13% after 2,000 steps at 0.999); the warm start averages short
+    runs over roughly their last tenth instead. The weight is computed once per update, as a
+    tensor (no host sync), and every parameter moves by one in-place ``lerp_``."""
+    def multi_avg_fn(averaged: list[Tensor], current: list[Tensor],
+                     num_averaged: Tensor | int) -> None:
+        if not averaged:
+            return
+        n = torch.as_tensor(num_averaged, device=averaged[0].device).to(averaged[0].dtype)
         weight = 1.0 - torch.clamp(1.0 - 10.0 / (n + 10.0), max=decay)
-        return torch.lerp(averaged, current, weight)
-    return avg_fn
+        for a, c in zip(averaged, current):
+            a.lerp_(c, weight.to(a.dtype))
+    return multi_avg_fn
 
 
 @contextmanager
@@ -291,7 +296,7 @@ class _Run:
         self.opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, CosineWithWarmup(
             config.steps, config.warmup, config.min_lr_ratio, config.schedule == "cosine"))
-        self.ema = (AveragedModel(objective, avg_fn=_warm_ema(config.ema))
+        self.ema = (AveragedModel(objective, multi_avg_fn=_warm_ema(config.ema))
                     if config.ema is not None else None)
         # data picks on the CPU; noise (CFM, VAE) drawn directly on the objective's device
         self.data_gen = torch.Generator().manual_seed(config.seed)
