@@ -112,6 +112,11 @@ FLOWS: dict[str, Callable[[], tuple[Flow, Domain]]] = {
     "FlipChannels": lambda: (FlipChannels((2, 2, 2)), _normal(2, 2, 2)),
     "MultiScaleLevel": lambda: (MultiScaleLevel((1, 4, 4), scales=2, hidden=4, checker=1,
                                                 channel=1), _normal(1, 4, 4)),
+    # the book's MNIST layout in miniature: per-scale counts, gated conditioners, no ActNorm
+    "MultiScaleLevel[recipe]": lambda: (MultiScaleLevel((1, 8, 8), scales=2, hidden=(4, 6, 8),
+                                                        checker=(1, 0), channel=(1, 2),
+                                                        blocks=1, actnorm=False),
+                                        _normal(1, 8, 8)),
     "ContinuousFlow": lambda: (_tight_cnf(), _normal(2)),
 }
 
@@ -199,8 +204,10 @@ def _small_specs() -> dict[str, dict[str, Any]]:
                                           "train_solver": tight, "eval_solver": tight}},
         "tiny_realnvp": {"name": "tiny_realnvp", "kwargs": {"shape": (1, 4, 4), "layers": 2,
                                                             "hidden": 8}},
+        # the book's MNIST layout in miniature (per-scale counts, gated conditioners)
         "multiscale_realnvp": {"name": "multiscale_realnvp", "kwargs": {
-            "shape": (1, 4, 4), "scales": 2, "hidden": 4, "checker": 1, "channel": 1}},
+            "shape": (1, 8, 8), "scales": 2, "hidden": [4, 6, 8], "checker": [1, 0],
+            "channel": [1, 2], "blocks": 1, "alpha": 1e-5, "actnorm": False}},
         "velocity_mlp": {"name": "velocity_mlp", "kwargs": {"dim": 2, "hidden": 8,
                                                             "layers": 2}},
         "vae": {"name": "vae", "kwargs": {"features": 2, "latent": 2, "hidden": 8}},

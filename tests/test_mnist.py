@@ -330,3 +330,42 @@ def test_sampling_and_interpolation(gen):
     assert torch.equal(to_pixels(path[0]), a) and torch.equal(to_pixels(path[-1]), b)
     with pytest.raises(ValueError, match="temperature"):
         sample_images(model, 2, 0.0)
+
+
+def test_gated_recipe_layout_passes_check_flow_and_starts_as_the_identity(gen):
+    from nfcourse.nn import GatedResidualBlock, gated_resnet
+
+    level = MultiScaleLevel((1, 8, 8), scales=2, hidden=(4, 6, 8), checker=(2, 0),
+                            channel=(1, 2), blocks=2, actnorm=False)
+    z = torch.randn(3, 1, 8, 8, generator=gen)
+    x, logdet = level(z)           # every conditioner ends at zero: a new flow is a permutation
+    assert torch.equal(logdet, torch.zeros(3)) and torch.allclose(level.inverse(x)[0], z)
+    _randomise(level, gen)
+    check_flow(level, torch.randn(2, 1, 8, 8, generator=gen))
+    # the layout is what was asked for: 2 checkerboard couplings, then 1 + 2 channel couplings
+    from nfcourse.flows.glow import Split
+
+    couplings = [m for m in level.modules() if isinstance(m, AffineCoupling)
+                 and not isinstance(m, Split)]
+    assert [type(c.partition).__name__ for c in couplings].count("Checkerboard") == 2
+    assert [type(c.partition).__name__ for c in couplings].count("ChannelSplit") == 3
+    assert sum(isinstance(m, GatedResidualBlock) for m in level.modules()) == 2 * 5
+    net = gated_resnet(3, 5, hidden=4, blocks=1)
+    assert net(torch.randn(2, 3, 5, 5)).abs().max() == 0     # zero last layer
+    with pytest.raises(ValueError, match="checker must be one count"):
+        MultiScaleLevel((1, 8, 8), scales=2, hidden=4, checker=(1, 0, 0), channel=(1, 1))
+    with pytest.raises(ValueError, match="one per"):
+        MultiScaleLevel((1, 8, 8), scales=2, hidden=(4, 4), checker=(1, 0), channel=(1, 2))
+
+
+def test_variational_dequantizer_with_gated_couplings_is_uniform_at_start(gen):
+    deq = VariationalDequantizer(1, hidden=4, couplings=3, blocks=1).double()
+    v = torch.randint(0, 256, (4, 1, 6, 6), dtype=torch.uint8, generator=gen)
+    e = deq.noise(v.shape, gen).double()
+    u, log_q = deq(v, e)
+    # at initialisation u = sigmoid(e) exactly: q is uniform, log q(u | v) = 0 for every image
+    assert torch.allclose(u, torch.sigmoid(e)) and torch.allclose(log_q, torch.zeros(4).double(),
+                                                                  atol=1e-9)
+    _randomise(deq, gen)
+    check_flow(deq.flow_given(v), e)
+    assert len(deq.couplings) == 3 and deq.spec["couplings"] == 3

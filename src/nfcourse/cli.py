@@ -12,6 +12,7 @@ training goes through :func:`nfcourse.training.engine.fit`.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -128,66 +129,91 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train mnist
 
+# What `train mnist --preset NAME` trains. The data split comes from --profile: `ci` is the
+# 8,000/2,000 split of the test split (offline), `full` the 60,000/10,000 split.
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU-sized: minutes on 2 cores, trained on 8,000 test-split images.
-    "ci": {"model": "multiscale", "hidden": 32, "scales": 3, "checker": 2, "channel": 2,
-           "steps": 400, "batch_size": 64, "lr": 2e-3, "eval_every": 200, "eval_size": 500,
-           "dequant": "uniform", "checkpoint_every": 100},
-    # GPU-sized: the 60,000 training images, ~210 epochs of batch 128.
-    "full": {"model": "multiscale", "hidden": 64, "scales": 3, "checker": 3, "channel": 3,
-             "steps": 100_000, "batch_size": 128, "lr": 1e-3, "eval_every": 2000,
-             "eval_size": 10_000, "dequant": "variational", "checkpoint_every": 2000},
+    # chapter 5's model trained on the page: minutes on 2 CPU cores
+    "ci": {"model": "multiscale", "model_kwargs": "PAGE", "dequant": "uniform",
+           "steps": 900, "batch_size": 64, "lr": 2e-3, "warmup": 100, "ema": None,
+           "eval_every": 300, "eval_size": 500, "checkpoint_every": 100},
+    # the shipped pretrained model: hours in the background on one CPU thread, resumable
+    "pretrained": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
+                   "steps": 3600, "batch_size": 64, "lr": 1.5e-3, "warmup": 200, "ema": 0.999,
+                   "eval_every": 200, "eval_size": 500, "checkpoint_every": 50},
+    # the same recipe at GPU scale on the 60,000 training images (~130 epochs of batch 128)
+    "full": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
+             "steps": 60_000, "batch_size": 128, "lr": 1e-3, "warmup": 1000, "ema": 0.999,
+             "eval_every": 2000, "eval_size": 10_000, "checkpoint_every": 2000},
 }
+# a diverging run (held-out loss this many bits/dim above its best) stops and says so
+DIVERGENCE_BITS = 0.5
 
 
-def build_image_model(name: str, hidden: int, scales: int = 3, checker: int = 3,
-                      channel: int = 3) -> tuple[Any, dict[str, Any]]:
-    """``(model, spec)`` for ``"tiny"`` (the lecture's dense RealNVP) or ``"multiscale"``."""
-    from nfcourse.models import build_model
+def image_model_spec(name: str, kwargs: dict[str, Any] | str | None = None,
+                     hidden: int | None = None) -> dict[str, Any]:
+    """The model spec of ``"tiny"`` (the lecture's dense RealNVP) or ``"multiscale"``.
 
-    if name == "tiny":
-        spec = {"name": "tiny_realnvp", "kwargs": {"hidden": hidden}}
-    elif name == "multiscale":
-        spec = {"name": "multiscale_realnvp", "kwargs": {"hidden": hidden, "scales": scales,
-                                                         "checker": checker,
-                                                         "channel": channel}}
-    else:
+    ``kwargs`` may name the book's layouts: ``"RECIPE"`` (:data:`nfcourse.models.MNIST_RECIPE`)
+    or ``"PAGE"`` (:data:`nfcourse.models.MNIST_PAGE`); ``hidden`` overrides the width.
+    """
+    from nfcourse.models import MNIST_PAGE, MNIST_RECIPE
+
+    named = {"RECIPE": MNIST_RECIPE, "PAGE": MNIST_PAGE}
+    if name not in ("tiny", "multiscale"):
         raise ValueError(f"unknown image model {name!r}; choose tiny or multiscale.")
-    return build_model(spec), spec
+    if name == "tiny":
+        kw: dict[str, Any] = {}
+    else:
+        kw = dict(named[kwargs] if isinstance(kwargs, str) else (kwargs or {}))
+    if hidden is not None:
+        kw["hidden"] = hidden
+    return {"name": "tiny_realnvp" if name == "tiny" else "multiscale_realnvp", "kwargs": kw}
 
 
 def add_train_mnist_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=("auto", "ci", "full"), default="auto",
-                   help="size preset and data split: ci = 8,000/2,000 of the test split on a "
-                        "CPU; full = 60,000 train / 10,000 test (default: full with CUDA)")
+                   help="data split: ci = 8,000/2,000 of the test split (offline); full = "
+                        "60,000 train / 10,000 test (default: full with CUDA)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="what to train (default: the profile's name): ci = chapter 5's page "
+                        "model, pretrained = the shipped model, full = GPU scale")
     p.add_argument("--model", choices=("tiny", "multiscale"), default=None)
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--eval-size", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--dequant", choices=("uniform", "variational"), default=None)
     p.add_argument("--data-dir", default=None, help="MNIST IDX directory (default: "
                    "$NFCOURSE_MNIST_DIR, then the download cache)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process")
-    p.add_argument("--out", default="checkpoints/mnist.pt", help="checkpoint file")
+    p.add_argument("--out", default="checkpoints/mnist.pt",
+                   help="the run's checkpoint (resumable: optimizer, EMA, RNG state)")
+    p.add_argument("--export", default=None,
+                   help="when the run finishes, also write its final weights alone to this "
+                        "file, with a provenance record FILE.json beside it")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="pause after this many steps (resume later with --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _mnist_preset(args: argparse.Namespace, profile_name: str) -> dict[str, Any]:
-    """The profile's preset with the command line's overrides, checked."""
-    preset = dict(PRESETS[profile_name])
-    for key in ("model", "hidden", "steps", "batch_size", "lr", "eval_every",
+def _mnist_preset(args: argparse.Namespace, preset_name: str) -> dict[str, Any]:
+    """The preset with the command line's overrides, checked."""
+    preset = dict(PRESETS[preset_name])
+    for key in ("model", "steps", "batch_size", "lr", "eval_every", "eval_size",
                 "checkpoint_every", "dequant"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
-    for key in ("hidden", "steps", "batch_size", "eval_every", "checkpoint_every"):
+    for key in ("steps", "batch_size", "eval_every", "eval_size", "checkpoint_every"):
         if preset[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive integer, got "
                              f"{preset[key]}.")
+    if args.hidden is not None and args.hidden < 1:
+        raise ValueError(f"--hidden must be a positive integer, got {args.hidden}.")
     return preset
 
 
@@ -202,13 +228,15 @@ def main_train_mnist(args: argparse.Namespace) -> int:
     from nfcourse.data.images import bits_per_dim
     from nfcourse.data.mnist import MnistError, mnist_train_test
     from nfcourse.flows.images import VariationalDequantizer
+    from nfcourse.models import MNIST_DEQUANTIZER, build_model
     from nfcourse.profiles import active_profile
     from nfcourse.training.engine import TrainConfig, rank_and_world
-    from nfcourse.training.images import train_images
+    from nfcourse.training.images import export_image_model, record_run_segment, train_images
     from nfcourse.training.objectives import evaluate_bits_per_dim
 
     profile = active_profile({"NFCOURSE_PROFILE": args.profile})
-    preset = _mnist_preset(args, profile.name)
+    preset_name = args.preset or profile.name
+    preset = _mnist_preset(args, preset_name)
     if args.threads:
         torch.set_num_threads(args.threads)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -218,6 +246,7 @@ def main_train_mnist(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    diverged = False
     try:
         rank, world = rank_and_world()
         try:
@@ -226,35 +255,56 @@ def main_train_mnist(args: argparse.Namespace) -> int:
             print(f"nfcourse train mnist: error: {err}", file=sys.stderr)
             return 2
         seed_everything(args.seed)
-        model, spec = build_image_model(preset["model"], preset["hidden"],
-                                        preset.get("scales", 3), preset.get("checker", 3),
-                                        preset.get("channel", 3))
-        deq = VariationalDequantizer() if preset["dequant"] == "variational" else None
-        spec = {**spec, "dequant": preset["dequant"], "data": data.description}
+        spec = image_model_spec(preset["model"], preset.get("model_kwargs"), args.hidden)
+        model = build_model(spec)
+        deq_kwargs = dict(MNIST_DEQUANTIZER) if preset["dequant"] == "variational" else None
+        deq = VariationalDequantizer(**deq_kwargs) if deq_kwargs is not None else None
+        spec = {**spec, "dequant": preset["dequant"], "dequant_kwargs": deq_kwargs,
+                "data": data.description, "preset": preset_name}
+        pixels = data.train[0].numel()
         config = TrainConfig(steps=preset["steps"], batch_size=preset["batch_size"],
-                             lr=preset["lr"], warmup=min(1000, preset["steps"] // 10),
+                             lr=preset["lr"], warmup=min(preset["warmup"], preset["steps"] // 10),
                              eval_every=preset["eval_every"], eval_size=preset["eval_size"],
                              seed=args.seed, checkpoint_every=preset["checkpoint_every"],
-                             weight_decay=0.0)
+                             weight_decay=0.0, clip_grad=1.0, ema=preset["ema"],
+                             divergence=DIVERGENCE_BITS * pixels * math.log(2))
         if rank == 0:
-            print(f"nfcourse train mnist: profile {profile.name}, {world} process(es), "
-                  f"{preset['model']} model, {preset['dequant']} dequantisation; "
-                  f"{data.description}.", flush=True)
+            record_run_segment(args.out, sys.argv, args.resume)
+            print(f"nfcourse train mnist: profile {profile.name}, preset {preset_name}, "
+                  f"{world} process(es), {preset['model']} model, {preset['dequant']} "
+                  f"dequantisation; {data.description}.", flush=True)
         history = train_images(model.to(device), data.train, config, eval_images=data.test,
                                dequantizer=deq, checkpoint=args.out, resume=args.resume,
-                               model_spec=spec, progress=False if args.quiet else None)
+                               model_spec=spec, stop_at=args.stop_at,
+                               progress=False if args.quiet else None)
+        diverged = history.diverged
         if rank == 0:
+            best = bits_per_dim(history.best_eval_loss, pixels)
+            if history.diverged:
+                print(f"DIVERGED at step {history.diverged_step}: held-out loss rose more "
+                      f"than {DIVERGENCE_BITS} bits/dim above its best ({best:.4f} at step "
+                      f"{history.best_step}); the best weights were kept. Lower --lr.",
+                      flush=True)
+            if not history.finished:
+                print(f"paused at step {history.steps_done} of {config.steps} after "
+                      f"{history.wall_time:.1f} s; continue with --resume.", flush=True)
+                return 0
             # the run chose its weights on the first eval_size images; report on all of them
             bits, se = evaluate_bits_per_dim(model, data.test, deq)
-            best = bits_per_dim(history.best_eval_loss, data.train[0].numel())
             print(f"trained {history.steps_done} steps in {history.wall_time:.1f} s; held-out "
                   f"bits/dim {bits:.4f} ± {se:.4f} on {len(data.test):,} images (best "
                   f"{best:.4f} on the first {min(config.eval_size, len(data.test)):,}, at step "
                   f"{history.best_step}); checkpoint: {args.out}", flush=True)
+            if args.export:
+                record = export_image_model(args.out, args.export, data.test, argv=sys.argv,
+                                            seed=args.seed, train_size=len(data.train))
+                print(f"exported {args.export} ({record['size_bytes'] / 1e6:.1f} MB, sha256 "
+                      f"{record['sha256'][:12]}...) and its provenance {args.export}.json",
+                      flush=True)
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return 1 if diverged else 0
 
 
 # name -> (help, add its arguments, run it; run returns the process exit status)

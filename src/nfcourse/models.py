@@ -102,20 +102,39 @@ def tiny_realnvp(shape: Sequence[int] = MNIST_SHAPE, layers: int = 12, hidden: i
     return FlowModel(flow)
 
 
-def multiscale_realnvp(shape: Sequence[int] = MNIST_SHAPE, scales: int = 3, hidden: int = 64, *,
-                       checker: int = 3, channel: int = 3, alpha: float = 0.05) -> FlowModel:
+def multiscale_realnvp(shape: Sequence[int] = MNIST_SHAPE, scales: int = 3,
+                       hidden: int | Sequence[int] = 64, *,
+                       checker: int | Sequence[int] = 3, channel: int | Sequence[int] = 3,
+                       alpha: float = 0.05, blocks: int = 0, actnorm: bool = True) -> FlowModel:
     """A RealNVP-style multi-scale convolutional flow (density on ``y`` in ``[0, 1)^D``).
 
-    For MNIST with ``scales=3``: 1x28x28 -> (checkerboard x3, squeeze, channel x3, split) ->
-    2x14x14 -> (same) -> 4x7x7 -> checkerboard x4. Data -> latent an ActNorm follows each
-    coupling. ActNorms initialise from the first training batch (or ``initialize_actnorms``).
+    For MNIST with ``scales=3`` and single counts: 1x28x28 -> (checkerboard x3, squeeze,
+    channel x3, split) -> 2x14x14 -> (same) -> 4x7x7 -> checkerboard x4. Per-scale counts and
+    per-resolution widths give other layouts (see :class:`MultiScaleLevel`);
+    :data:`MNIST_RECIPE` is the book's recommended one. ``blocks > 0`` gives every coupling a
+    gated residual conditioner. With ``actnorm`` an ActNorm follows each coupling (data ->
+    latent); they initialise from the first training batch (or ``initialize_actnorms``).
     """
     shape_t = as_event_shape(shape)
     assert shape_t is not None and len(shape_t) == 3
-    flow = Compose(MultiScaleLevel(shape_t, scales, hidden, checker, channel),
+    flow = Compose(MultiScaleLevel(shape_t, scales, hidden, checker, channel, blocks=blocks,
+                                   actnorm=actnorm),
                    Inverse(Logit(shape_t, alpha)), event_shape=shape_t)
     return FlowModel(flow)
 
+
+# The book's MNIST flows (chapter 5, `python -m nfcourse train mnist`). No coupling runs at
+# 28x28, where convolutions cost the most: squeeze to 4x14x14, channel couplings, split off
+# half, squeeze to 8x7x7, channel couplings. Gated residual conditioners, no ActNorm, a small
+# logit margin. MNIST_RECIPE is the pretrained model's layout (widths per resolution 28, 14,
+# 7; nothing runs at 28), MNIST_PAGE the smaller one trained on the page in minutes.
+MNIST_RECIPE: dict[str, Any] = {"scales": 2, "hidden": [48, 48, 64], "checker": [0, 0],
+                                "channel": [3, 4], "blocks": 2, "alpha": 1e-5,
+                                "actnorm": False}
+MNIST_PAGE: dict[str, Any] = {"scales": 2, "hidden": [32, 32, 64], "checker": [0, 0],
+                              "channel": [2, 4], "blocks": 1, "alpha": 1e-5, "actnorm": False}
+# ... and the pretrained model's learned dequantiser (VariationalDequantizer arguments).
+MNIST_DEQUANTIZER: dict[str, Any] = {"hidden": 8, "couplings": 2, "blocks": 1}
 
 
 def cnf_from_spec(*, train_solver: SolverSpec | dict[str, Any] | None = None,

@@ -2,6 +2,8 @@
 
 * :func:`mlp` -- the conditioner of vector couplings (and the VAE's encoder and decoder).
 * :func:`conv_net` -- the conditioner of image couplings and of the split prior.
+* :func:`gated_resnet` -- the deeper image conditioner of the book's MNIST models: gated
+  residual blocks (PixelCNN++ / Flow++ style) with a layer norm over channels.
 * :class:`VelocityMLP` -- the vector field ``v(t, x)`` of continuous flows and flow matching.
 
 Every conditioner ends in a zero-initialised layer, so a new coupling is the identity map and
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
@@ -57,6 +60,76 @@ def conv_net(inputs: int, outputs: int, hidden: int | None) -> nn.Sequential:
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(*layers, last)
+
+
+class ConcatELU(nn.Module):
+    """``[elu(x), elu(-x)]`` along the channels (doubles them): unlike a plain ELU it loses
+    no information about negative inputs, which matters in a network that outputs a shift."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([F.elu(x), F.elu(-x)], dim=1)
+
+
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of each pixel of ``[B, C, H, W]`` (learned gain, bias).
+
+    It normalises each example on its own, so the coupling it sits in stays a function of
+    one image (batch norm would make ``log p(x)`` depend on the rest of the batch).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class GatedResidualBlock(nn.Module):
+    """``norm(x + a * sigmoid(g))`` with ``[a, g] = conv1x1(celu(conv3x3(celu(x))))``.
+
+    The gate lets each block start close to the identity and open gradually, which is why a
+    stack of them trains stably where a plain ReLU stack of the same depth does not.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(ConcatELU(), nn.Conv2d(2 * channels, channels, 3, padding=1),
+                                  ConcatELU(), nn.Conv2d(2 * channels, 2 * channels, 1))
+        self.norm = ChannelNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, g = self.body(x).chunk(2, dim=1)
+        return self.norm(x + a * torch.sigmoid(g))
+
+
+def gated_resnet(inputs: int, outputs: int, hidden: int, blocks: int) -> nn.Sequential:
+    """Image conditioner ``[B, inputs, H, W] -> [B, outputs, H, W]``: a 3x3 convolution to
+    ``hidden`` channels, ``blocks`` :class:`GatedResidualBlock`, then concat-ELU and a
+    zero-initialised 3x3 convolution (so a new coupling is the identity)."""
+    if hidden < 1 or blocks < 1:
+        raise ValueError(f"gated_resnet needs hidden >= 1 and blocks >= 1, got hidden={hidden}, "
+                         f"blocks={blocks}.")
+    last = nn.Conv2d(2 * hidden, outputs, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(nn.Conv2d(inputs, hidden, 3, padding=1),
+                         *[GatedResidualBlock(hidden) for _ in range(blocks)], ConcatELU(), last)
+
+
+def image_net(inputs: int, outputs: int, hidden: int | None, blocks: int = 0) -> nn.Sequential:
+    """The conditioner of an image coupling: :func:`conv_net` (``blocks=0``) or
+    :func:`gated_resnet` with ``blocks`` gated residual blocks."""
+    if blocks < 0:
+        raise ValueError(f"blocks must be >= 0, got {blocks}.")
+    if blocks == 0:
+        return conv_net(inputs, outputs, hidden)
+    if hidden is None:
+        raise ValueError("a gated conditioner (blocks > 0) needs a hidden width.")
+    return gated_resnet(inputs, outputs, hidden, blocks)
 
 
 class VelocityMLP(nn.Module):

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from nfcourse.core.flow import Flow, as_event_shape, sum_except_batch
-from nfcourse.nn import conv_net, mlp
+from nfcourse.nn import image_net, mlp
 
 
 MASK_KINDS = ("halves", "parity", "lecture")
@@ -122,8 +122,9 @@ class Partition(nn.Module):
         self.event_shape = event_shape      # None: images of any height and width
 
     def conditioner(self, params: int, hidden: int | None, depth: int,
-                    activation: type[nn.Module], context: int) -> nn.Module:
-        """The network ``kept (+ context) -> params`` values per transformed entry."""
+                    activation: type[nn.Module], context: int, blocks: int = 0) -> nn.Module:
+        """The network ``kept (+ context) -> params`` values per transformed entry (``blocks``:
+        gated residual blocks of an image conditioner, 0 for the plain one)."""
         raise NotImplementedError
 
     def kept(self, v: Tensor) -> Tensor:
@@ -173,7 +174,10 @@ class IndexSplit(Partition):
             self.blocks = slice(kept[0], kept[-1] + 1), slice(free[0], free[-1] + 1)
 
     def conditioner(self, params: int, hidden: int | None, depth: int,
-                    activation: type[nn.Module], context: int) -> nn.Module:
+                    activation: type[nn.Module], context: int, blocks: int = 0) -> nn.Module:
+        if blocks:
+            raise ValueError("gated residual blocks are image conditioners; a vector coupling "
+                             "takes depth= instead of blocks=.")
         if hidden is None:
             raise ValueError("a vector coupling needs a hidden width; hidden=None (a single "
                              "convolution) is only for images.")
@@ -239,8 +243,8 @@ class Checkerboard(Partition):
         return checkerboard_mask(v.shape[-2:], self.parity, v.device, v.dtype)
 
     def conditioner(self, params: int, hidden: int | None, depth: int,
-                    activation: type[nn.Module], context: int) -> nn.Module:
-        return conv_net(self.channels + 1 + context, params * self.channels, hidden)
+                    activation: type[nn.Module], context: int, blocks: int = 0) -> nn.Module:
+        return image_net(self.channels + 1 + context, params * self.channels, hidden, blocks)
 
     def kept(self, v: Tensor) -> Tensor:
         mask = self._mask(v)
@@ -273,9 +277,9 @@ class ChannelSplit(Partition):
         self.channels, self.kept_channels = channels, channels // 2
 
     def conditioner(self, params: int, hidden: int | None, depth: int,
-                    activation: type[nn.Module], context: int) -> nn.Module:
+                    activation: type[nn.Module], context: int, blocks: int = 0) -> nn.Module:
         k = self.kept_channels
-        return conv_net(k + context, params * (self.channels - k), hidden)
+        return image_net(k + context, params * (self.channels - k), hidden, blocks)
 
     def kept(self, v: Tensor) -> Tensor:
         return v[:, :self.kept_channels]
@@ -302,8 +306,8 @@ class ContextOnly(Partition):
         super().__init__(shape)
 
     def conditioner(self, params: int, hidden: int | None, depth: int,
-                    activation: type[nn.Module], context: int) -> nn.Module:
-        return conv_net(context, params * self.channels, hidden)
+                    activation: type[nn.Module], context: int, blocks: int = 0) -> nn.Module:
+        return image_net(context, params * self.channels, hidden, blocks)
 
     def kept(self, v: Tensor) -> Tensor:
         return v[:, :0]
@@ -331,16 +335,18 @@ class AffineCoupling(Flow):
         hidden: width of the conditioner (units for vectors, channels for images; ``None``
             for images: one zero-initialised 3x3 convolution, Glow's split prior).
         depth: hidden layers of a vector conditioner (image conditioners are
-            :func:`nfcourse.nn.conv_net`, three convolutions).
+            :func:`nfcourse.nn.conv_net`, three convolutions, unless ``blocks`` is set).
         scale_bound: bound on ``|s|`` per layer and entry.
         context: features (vectors) or channels (images) of a conditioning input ``c``; a
             conditional coupling is called through :meth:`given`.
         scale: ``False`` fixes ``s = 0``: NICE's additive coupling (``log|det| = 0``).
+        blocks: images only: a :func:`nfcourse.nn.gated_resnet` conditioner with this many
+            gated residual blocks instead of the plain three convolutions.
     """
 
     def __init__(self, partition: Partition | Tensor, hidden: int | None = 64, depth: int = 2,
                  scale_bound: float = 3.0, activation: type[nn.Module] = nn.ReLU, *,
-                 context: int = 0, scale: bool = True) -> None:
+                 context: int = 0, scale: bool = True, blocks: int = 0) -> None:
         if not isinstance(partition, Partition):
             partition = IndexSplit(partition)
         if not scale_bound > 0:
@@ -352,7 +358,8 @@ class AffineCoupling(Flow):
         self.partition = partition
         self.scale, self.context_features = bool(scale), int(context)
         self.scale_bound = float(scale_bound)
-        self.net = partition.conditioner(2 if scale else 1, hidden, depth, activation, context)
+        self.net = partition.conditioner(2 if scale else 1, hidden, depth, activation, context,
+                                         blocks)
 
     def given(self, context: Tensor) -> Conditioned:
         """This coupling with its context fixed: a plain flow of ``z`` (``context: [B, ...]``)."""

@@ -80,27 +80,37 @@ class VariationalDequantizer(nn.Module):
     """Flow++'s learned dequantisation noise: a small flow from logistic noise to
     ``(0, 1)^D``, conditioned on the image.
 
-    Latent -> data, the flow is three library layers: a conditional elementwise affine map
+    Latent -> data, the flow is library layers: a conditional elementwise affine map
     ``h = e * exp(s(v)) + mu(v)`` (an :class:`AffineCoupling` that keeps nothing,
-    :class:`ContextOnly`), a conditional checkerboard coupling on ``h``, and ``u = sigmoid(h)``.
-    Each is a bijection with an exact log-det, so ``log q(u | v) = log p_logistic(e) -
-    log|det du/de|`` is exact and ``E_q[log p((v + u)/256) - log q(u | v)]`` is a valid lower
-    bound on ``log P(v) + D log 256``. The networks start at zero, and the sigmoid of a
-    logistic variable is uniform: a new variational dequantiser *is* uniform dequantisation
+    :class:`ContextOnly`), ``couplings`` conditional checkerboard couplings on ``h`` (parities
+    alternating), and ``u = sigmoid(h)``. Each is a bijection with an exact log-det, so
+    ``log q(u | v) = log p_logistic(e) - log|det du/de|`` is exact and
+    ``E_q[log p((v + u)/256) - log q(u | v)]`` is a valid lower bound on
+    ``log P(v) + D log 256``. The networks start at zero, and the sigmoid of a logistic
+    variable is uniform: a new variational dequantiser *is* uniform dequantisation
     (``log q = 0`` in distribution), so training can only tighten the bound. Works on images
     of any size.
 
     Args:
-        channels: image channels; hidden: conv width of the conditioning networks.
+        channels: image channels; hidden: conv width of the conditioning networks;
+        couplings: checkerboard couplings after the affine map; blocks: gated residual blocks
+        per conditioning network (0: the plain three-convolution net).
     """
 
-    def __init__(self, channels: int = 1, hidden: int = 16, scale_bound: float = 3.0) -> None:
+    def __init__(self, channels: int = 1, hidden: int = 16, scale_bound: float = 3.0, *,
+                 couplings: int = 1, blocks: int = 0) -> None:
         super().__init__()
+        if couplings < 0:
+            raise ValueError(f"couplings must be >= 0, got {couplings}.")
         self.channels = int(channels)
+        self.spec = {"channels": int(channels), "hidden": int(hidden),
+                     "scale_bound": float(scale_bound), "couplings": int(couplings),
+                     "blocks": int(blocks)}
         self.affine = AffineCoupling(ContextOnly(channels), hidden, scale_bound=scale_bound,
-                                     context=channels)
-        self.coupling = AffineCoupling(Checkerboard(channels, parity=0), hidden,
-                                       scale_bound=scale_bound, context=channels)
+                                     context=channels, blocks=blocks)
+        self.couplings = nn.ModuleList(
+            AffineCoupling(Checkerboard(channels, parity=k % 2), hidden, scale_bound=scale_bound,
+                           context=channels, blocks=blocks) for k in range(couplings))
         self.squash = Sigmoid()
 
     def noise(self, shape: Sequence[int], generator: torch.Generator | None = None) -> Tensor:
@@ -111,7 +121,8 @@ class VariationalDequantizer(nn.Module):
     def flow_given(self, v: Tensor) -> Compose:
         """The noise -> ``u`` flow for the integer images ``v: [B, C, H, W]``."""
         cond = v.to(self._dtype()) / (LEVELS - 1) - 0.5     # the image, centred, as context
-        return Compose(self.affine.given(cond), self.coupling.given(cond), self.squash)
+        return Compose(self.affine.given(cond), *[c.given(cond) for c in self.couplings],
+                       self.squash)
 
     def forward(self, v: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """``(u, log q(u | v))``: ``u`` in ``(0, 1)`` with the shape of ``v``, log q ``[B]``."""
@@ -146,7 +157,8 @@ class FlipChannels(Flow):
         return x.flip(1), x.new_zeros(x.shape[0])
 
 
-def _checkerboard_block(shape: tuple[int, ...], n: int, hidden: int) -> list[Flow]:
+def _checkerboard_block(shape: tuple[int, ...], n: int, hidden: int, blocks: int = 0,
+                        actnorm: bool = True) -> list[Flow]:
     """``n`` checkerboard couplings with alternating parity (0 first), each with an ActNorm.
 
     Data -> latent (``inverse``) each coupling runs first and its ActNorm right after it;
@@ -155,11 +167,14 @@ def _checkerboard_block(shape: tuple[int, ...], n: int, hidden: int) -> list[Flo
     """
     flows: list[Flow] = []
     for k in range(n):
-        flows += [AffineCoupling(Checkerboard(shape, k % 2), hidden), ActNorm(shape)]
+        flows.append(AffineCoupling(Checkerboard(shape, k % 2), hidden, blocks=blocks))
+        if actnorm:
+            flows.append(ActNorm(shape))
     return flows[::-1]
 
 
-def _channel_block(shape: tuple[int, ...], n: int, hidden: int) -> list[Flow]:
+def _channel_block(shape: tuple[int, ...], n: int, hidden: int, blocks: int = 0,
+                   actnorm: bool = True) -> list[Flow]:
     """``n`` channel couplings (:class:`ChannelSplit`), flipping the channels in between.
 
     Data -> latent (``inverse``) each coupling runs first and its ActNorm right after it,
@@ -167,65 +182,116 @@ def _channel_block(shape: tuple[int, ...], n: int, hidden: int) -> list[Flow]:
     """
     flows: list[Flow] = []
     for k in range(n):
-        flows += [AffineCoupling(ChannelSplit(shape), hidden), ActNorm(shape)]
+        flows.append(AffineCoupling(ChannelSplit(shape), hidden, blocks=blocks))
+        if actnorm:
+            flows.append(ActNorm(shape))
         if k < n - 1:
             flows.append(FlipChannels(shape))
     return flows[::-1]
 
 
-class MultiScaleLevel(Flow):
-    """One scale of a RealNVP-style multi-scale flow on ``[B, C, H, W]`` (onto itself).
+def _per_scale(value: int | Sequence[int], n: int, name: str) -> list[int]:
+    values = [int(value)] * n if isinstance(value, int) else [int(v) for v in value]
+    if len(values) != n or min(values) < 0:
+        raise ValueError(f"MultiScaleLevel: {name} must be one count >= 0 or {n} of them, got "
+                         f"{value!r}.")
+    return values
 
-    Data -> latent (``inverse``): ``checker`` checkerboard couplings at full resolution;
-    squeeze to ``(4C, H/2, W/2)``; ``channel`` channel couplings; then, unless this is the
-    last scale, glow's :class:`Split` factors out half the channels under a learned
-    conditional Gaussian and the other half goes to the next scale. The last scale runs
-    ``checker + 1`` checkerboard couplings and stops. Latents are reassembled in the image's
-    layout, so a plain ``N(0, I)`` base on the whole image is the multi-scale prior.
+
+class MultiScaleLevel(Flow):
+    """A RealNVP-style multi-scale flow on ``[B, C, H, W]`` (onto itself), from this scale down.
+
+    Data -> latent (``inverse``), at each scale but the last: ``checker`` checkerboard
+    couplings at the scale's resolution; squeeze to ``(4C, H/2, W/2)``; ``channel`` channel
+    couplings; then glow's :class:`Split` factors out half the channels under a learned
+    conditional Gaussian and the other half goes to the next scale. The last scale runs its
+    checkerboard couplings and, if it has channel couplings, squeezes once more and runs them
+    (no split). Latents are reassembled in the image's layout, so a plain ``N(0, I)`` base on
+    the whole image is the multi-scale prior.
+
+    Args:
+        event_shape: ``(C, H, W)``.
+        scales: number of scales (``scales - 1`` splits).
+        hidden: conditioner width, one for all, or one per resolution met (``H``, ``H/2``, ...):
+            a coupling takes the width of the resolution it runs at.
+        checker, channel: couplings per scale: one count, or one per scale. A single count
+            keeps RealNVP's layout: ``checker`` and ``channel`` at every scale but the last,
+            which runs ``checker + 1`` checkerboard couplings and nothing else.
+        blocks: gated residual blocks per conditioner (0: the plain three-convolution net).
+        actnorm: an ActNorm after every coupling (data -> latent).
     """
 
-    def __init__(self, event_shape: Sequence[int], scales: int, hidden: int, checker: int = 3,
-                 channel: int = 3) -> None:
+    def __init__(self, event_shape: Sequence[int], scales: int, hidden: int | Sequence[int],
+                 checker: int | Sequence[int] = 3, channel: int | Sequence[int] = 3, *,
+                 blocks: int = 0, actnorm: bool = True) -> None:
         shape = as_event_shape(event_shape)
         assert shape is not None and len(shape) == 3
+        if scales < 1:
+            raise ValueError(f"MultiScaleLevel: scales must be >= 1, got {scales}.")
         super().__init__(shape)
+        if isinstance(checker, int) and isinstance(channel, int):
+            checker, channel = [checker] * (scales - 1) + [checker + 1], [channel] * (scales - 1) + [0]
+        checkers = _per_scale(checker, scales, "checker")
+        channels = _per_scale(channel, scales, "channel")
+        widths = [hidden] * (scales + 1) if isinstance(hidden, int) else [int(h) for h in hidden]
+        need = scales + (channels[-1] > 0)
+        if len(widths) < need or min(widths) < 1:
+            raise ValueError(f"MultiScaleLevel: hidden must be one width or {need} (one per "
+                             f"resolution), got {hidden!r}.")
         c, h, w = shape
         self.last = scales <= 1
-        if self.last:
-            self.checker = Compose(*_checkerboard_block(shape, checker + 1, hidden),
-                                   event_shape=shape)
-            return
-        if h % 2 or w % 2:
+        squeeze = not self.last or channels[0] > 0
+        if not squeeze and not checkers[0]:
+            raise ValueError("MultiScaleLevel: the last scale needs at least one coupling.")
+        if squeeze and (h % 2 or w % 2):
             raise ValueError(f"MultiScaleLevel: a {h}x{w} image cannot be squeezed; use fewer "
                              "scales or pad the images.")
-        self.checker = Compose(*_checkerboard_block(shape, checker, hidden), event_shape=shape)
-        inner = (4 * c, h // 2, w // 2)
-        self.channel = Compose(*_channel_block(inner, channel, hidden), event_shape=inner)
+        self.checker: Compose | None = None
+        if checkers[0]:
+            self.checker = Compose(*_checkerboard_block(shape, checkers[0], widths[0], blocks,
+                                                        actnorm), event_shape=shape)
+        self.channel: Compose | None = None
+        if squeeze:
+            inner = (4 * c, h // 2, w // 2)
+            self.channel = Compose(*_channel_block(inner, channels[0], widths[1], blocks,
+                                                   actnorm), event_shape=inner)
+        if self.last:
+            return
         self.split = Split(inner)
-        self.inner = MultiScaleLevel((self.split.kept, h // 2, w // 2), scales - 1,
-                                     hidden, checker, channel)
+        self.inner = MultiScaleLevel((self.split.kept, h // 2, w // 2), scales - 1, widths[1:],
+                                     checkers[1:], channels[1:], blocks=blocks, actnorm=actnorm)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        y, logdet = self.checker._inverse(x)
-        if self.last:
+        y, logdet = (x, x.new_zeros(x.shape[0])) if self.checker is None else \
+            self.checker._inverse(x)
+        if self.channel is None:
             return y, logdet
         y, ld = self.channel._inverse(squeeze2d(y))
+        logdet = logdet + ld
+        if self.last:
+            return unsqueeze2d(y), logdet
         y, ld_split = self.split._inverse(y)
         kept = self.split.kept
         z_kept, ld_inner = self.inner._inverse(y[:, :kept])
         y = torch.cat([z_kept, y[:, kept:]], dim=1)
-        return unsqueeze2d(y), logdet + ld + ld_split + ld_inner
+        return unsqueeze2d(y), logdet + ld_split + ld_inner
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        if self.last:
+        if self.channel is None:
+            assert self.checker is not None
             return self.checker._forward(z)
         y = squeeze2d(z)
-        kept = self.split.kept
-        x_kept, ld_inner = self.inner._forward(y[:, :kept])
-        y, ld_split = self.split._forward(torch.cat([x_kept, y[:, kept:]], dim=1))
+        logdet = z.new_zeros(z.shape[0])
+        if not self.last:
+            kept = self.split.kept
+            x_kept, ld_inner = self.inner._forward(y[:, :kept])
+            y, ld_split = self.split._forward(torch.cat([x_kept, y[:, kept:]], dim=1))
+            logdet = ld_inner + ld_split
         y, ld = self.channel._forward(y)
+        if self.checker is None:
+            return unsqueeze2d(y), logdet + ld
         x, ld_checker = self.checker._forward(unsqueeze2d(y))
-        return x, ld_inner + ld_split + ld + ld_checker
+        return x, logdet + ld + ld_checker
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -74,6 +74,8 @@ class TrainConfig:
         seed: seeds the data streams (and a sampled held-out set); the model's own
             initialisation is the caller's business (``seed_everything`` before building it).
         checkpoint_every: write the checkpoint every this many steps (and always at the end).
+        divergence: stop, keep the best weights and mark the run as diverged when a held-out
+            loss is more than this above the best so far, or not finite (``None``: never).
     """
 
     steps: int = 5000
@@ -92,6 +94,7 @@ class TrainConfig:
     restore_best: bool = True
     seed: int = 0
     checkpoint_every: int | None = None
+    divergence: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_size"):
@@ -113,6 +116,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.patience must be >= 1 or None, got {self.patience}.")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise ValueError("TrainConfig.checkpoint_every must be >= 1 or None.")
+        if self.divergence is not None and not self.divergence > 0:
+            raise ValueError(f"TrainConfig.divergence must be > 0 or None, got "
+                             f"{self.divergence}.")
 
 
 @dataclass
@@ -127,18 +133,24 @@ class History:
     ``train_loss[i]`` is the training batch's loss at step ``i + 1``; ``eval_steps`` /
     ``eval_loss`` the held-out loss at those steps (always on the same held-out set);
     ``lr`` the learning rate used at each step; ``wall_time`` the seconds spent training,
-    summed over resumed runs.
+    summed over resumed runs, and ``eval_wall_time`` its value at each evaluation.
+    ``diverged`` says the run stopped at ``diverged_step`` because a held-out loss exceeded
+    the best by more than ``config.divergence`` (its weights are the best ones, not the
+    diverged ones).
     """
 
     train_loss: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
+    eval_wall_time: list[float] = field(default_factory=list)
     best_step: int = 0
     best_eval_loss: float = math.inf
     wall_time: float = 0.0
     stopped_early: bool = False
     finished: bool = False
+    diverged: bool = False
+    diverged_step: int | None = None
 
     @property
     def steps_done(self) -> int:
@@ -377,6 +389,9 @@ class _Run:
             self.bad_evals += 1
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             h.stopped_early = True
+        limit = cfg.divergence
+        if limit is not None and (not math.isfinite(value) or value > h.best_eval_loss + limit):
+            h.diverged, h.diverged_step, h.stopped_early = True, h.steps_done, True
         return value
 
     def finish(self) -> None:
@@ -462,7 +477,9 @@ def fit(objective: nn.Module, data: Any, config: TrainConfig | None = None, *,
             step = h.steps_done
             bar.update(1)
             if step % config.eval_every == 0 or step == config.steps:
-                bar.set_postfix(loss=f"{value:.4g}", eval=f"{run.evaluate(held_out):.4g}")
+                held_out_loss = run.evaluate(held_out)
+                h.eval_wall_time.append(h.wall_time + time.perf_counter() - started)
+                bar.set_postfix(loss=f"{value:.4g}", eval=f"{held_out_loss:.4g}")
             if step == config.steps or h.stopped_early:
                 run.finish()
             elif config.checkpoint_every and step % config.checkpoint_every == 0:

@@ -49,13 +49,121 @@ def train_images(model: FlowModel, train: Tensor, config: TrainConfig | None = N
 
 def load_image_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
                      ) -> tuple[FlowModel, nn.Module | None, dict[str, Any]]:
-    """Rebuild ``(model, dequantizer or None, checkpoint)`` from a ``train mnist`` file."""
+    """Rebuild ``(model, dequantizer or None, checkpoint)`` from a ``train mnist`` file: a
+    run's checkpoint or an exported one (:func:`export_image_model`), in eval mode."""
     from nfcourse.flows.images import VariationalDequantizer
     from nfcourse.models import build_model
 
     ckpt = load_checkpoint(path, map_location)
     spec = ckpt["model_spec"]
     model = build_model({"name": spec["name"], "kwargs": spec["kwargs"]})
-    deq = VariationalDequantizer() if spec.get("dequant") == "variational" else None
+    deq = (VariationalDequantizer(**(spec.get("dequant_kwargs") or {}))
+           if spec.get("dequant") == "variational" else None)
     ImageELBO(model, deq).load_state_dict(ckpt["objective"])
+    if deq is not None:
+        deq.eval()
     return model.eval(), deq, ckpt
+
+
+def _git_commit() -> str:
+    """The commit of the working tree (``+dirty`` if it has uncommitted changes), or
+    ``"unknown"`` outside a git checkout."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def machine_description() -> dict[str, Any]:
+    """Where a run happened: CPU, cores, torch threads, GPU (if any), torch and Python."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "system": platform.platform()}
+
+
+def record_run_segment(run: str | os.PathLike[str], argv: list[str], resume: bool) -> None:
+    """Append this invocation (time, commit, command, machine) to ``run + ".runs.json"``, the
+    log of a resumable run's segments that :func:`export_image_model` copies into the
+    provenance (a fresh run starts a new log)."""
+    import json
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    log = Path(str(run) + ".runs.json")
+    runs = json.loads(log.read_text()) if resume and log.exists() else []
+    runs.append({"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "commit": _git_commit(), "command": "python -m nfcourse " + " ".join(argv[1:]),
+                 "machine": machine_description()})
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(json.dumps(runs, indent=2) + "\n")
+
+
+def export_image_model(run: str | os.PathLike[str], out: str | os.PathLike[str],
+                       held_out: Tensor, *, train_size: int, argv: list[str], seed: int,
+                       eval_seed: int = 0) -> dict[str, Any]:
+    """Write the final weights of the ``train mnist`` run ``run`` alone (no optimizer, no
+    history: a few MB) to ``out``, and its provenance to ``out + ".json"``.
+
+    The provenance records what a reader needs to reproduce and check the file: the command,
+    the code's commit at export, the data split and seed, steps, epochs, training wall time,
+    the machine, the held-out bits/dim with its standard error (dequantisation seed
+    ``eval_seed``, which a reader re-evaluating gets exactly), the learning curve, and the
+    file's size and SHA-256. Returns the provenance dict.
+    """
+    import hashlib
+    import json
+    import math
+    from pathlib import Path
+
+    from nfcourse.data.images import bits_per_dim
+    from nfcourse.training.checkpoint import save_checkpoint
+    from nfcourse.training.objectives import evaluate_bits_per_dim
+
+    model, deq, ckpt = load_image_model(run)
+    pixels = held_out[0].numel()
+    bits, se = evaluate_bits_per_dim(model, held_out, deq, seed=eval_seed)
+    hist, cfg = ckpt["history"], ckpt["config"]
+    steps = len(hist["train_loss"])
+    curve = {"step": hist["eval_steps"],
+             "bits_per_dim": [bits_per_dim(v, pixels) for v in hist["eval_loss"]],
+             "wall_time": hist.get("eval_wall_time", [])}
+    log = Path(str(run) + ".runs.json")
+    provenance = {
+        "command": "python -m nfcourse " + " ".join(argv[1:]) if argv else "",
+        "commit": _git_commit(),
+        "segments": json.loads(log.read_text()) if log.exists() else [], "data": ckpt["model_spec"].get("data"), "seed": seed,
+        "steps": steps, "batch_size": cfg["batch_size"],
+        "train_images": train_size, "epochs": steps * cfg["batch_size"] / train_size,
+        "wall_time_s": hist["wall_time"], "machine": machine_description(),
+        "held_out_images": len(held_out), "eval_seed": eval_seed,
+        "held_out_bits_per_dim": bits, "held_out_se": se, "diverged": hist.get("diverged"),
+        "best_step": hist["best_step"], "curve": curve,
+        "config": cfg, "model_spec": ckpt["model_spec"]}
+    objective = {k: v.float() if v.is_floating_point() else v
+                 for k, v in ckpt["objective"].items()}
+    save_checkpoint(out, {"model_spec": ckpt["model_spec"], "objective": objective,
+                          "provenance": {k: v for k, v in provenance.items()
+                                         if k not in ("curve", "machine", "config")}})
+    data = Path(out).read_bytes()
+    provenance["size_bytes"] = len(data)
+    provenance["sha256"] = hashlib.sha256(data).hexdigest()
+    assert math.isfinite(bits)
+    Path(str(out) + ".json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return provenance
