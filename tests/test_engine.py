@@ -160,6 +160,26 @@ def test_restore_best_picks_the_best_on_one_fixed_held_out_set() -> None:
     assert objective.evaluate(IMAGES[32:40]) != h.final_eval_loss
 
 
+def test_a_diverging_run_is_stopped_reported_and_not_saved_as_best(tmp_path: Path) -> None:
+    # lr 0.03 without clipping: the held-out loss falls, then climbs (see the test above). A
+    # divergence limit below that climb stops the run at the first bad evaluation.
+    cfg = TrainConfig(steps=12, batch_size=8, lr=0.03, warmup=0, schedule="constant",
+                      eval_every=1, eval_size=8, clip_grad=None)
+    free = fit(_image_objective(0), IMAGES[:32], cfg, eval_data=IMAGES[32:], progress=False)
+    climb = max(free.eval_loss[free.eval_loss.index(free.best_eval_loss):]) - free.best_eval_loss
+    assert climb > 0 and not free.diverged
+    limit = climb / 2
+    objective = _image_objective(0)
+    h = fit(objective, IMAGES[:32], TrainConfig(**{**cfg.__dict__, "divergence": limit}),
+            eval_data=IMAGES[32:], checkpoint=tmp_path / "run.pt", progress=False)
+    assert h.diverged and h.stopped_early and h.finished and h.steps_done < cfg.steps
+    assert h.eval_loss[-1] > h.best_eval_loss + limit and h.diverged_step == h.steps_done
+    assert objective.evaluate(IMAGES[32:40]) == h.best_eval_loss  # the best weights are kept
+    assert len(h.eval_wall_time) == len(h.eval_loss)
+    with pytest.raises(ValueError, match="divergence"):
+        TrainConfig(divergence=0.0)
+
+
 def test_every_evaluation_scores_the_same_held_out_set() -> None:
     objective = _image_objective(0)
     cfg = TrainConfig(steps=4, batch_size=8, lr=1e-30, warmup=0, schedule="constant",

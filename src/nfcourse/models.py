@@ -133,8 +133,10 @@ MNIST_RECIPE: dict[str, Any] = {"scales": 2, "hidden": [48, 48, 64], "checker": 
                                 "actnorm": False}
 MNIST_PAGE: dict[str, Any] = {"scales": 2, "hidden": [32, 32, 64], "checker": [0, 0],
                               "channel": [2, 4], "blocks": 1, "alpha": 1e-5, "actnorm": False}
-# ... and the pretrained model's learned dequantiser (VariationalDequantizer arguments).
+# ... and their learned dequantisers (VariationalDequantizer arguments): for the page, one
+# plain conditional coupling, nearly free to run.
 MNIST_DEQUANTIZER: dict[str, Any] = {"hidden": 8, "couplings": 2, "blocks": 1}
+MNIST_PAGE_DEQUANTIZER: dict[str, Any] = {"hidden": 16, "couplings": 1, "blocks": 0}
 
 
 def cnf_from_spec(*, train_solver: SolverSpec | dict[str, Any] | None = None,

@@ -234,12 +234,15 @@ def load_mnist(split: str = "test", root: str | os.PathLike[str] | None = None, 
 
 @dataclass(frozen=True)
 class MnistData:
-    """Disjoint training and evaluation images (uint8 ``[N, 1, 28, 28]``) and what they are."""
+    """Disjoint training and evaluation images (uint8 ``[N, 1, 28, 28]``), their labels
+    (int64 ``[N]``) and what they are."""
 
     train: Tensor
     test: Tensor
     description: str
     full: bool
+    train_labels: Tensor
+    test_labels: Tensor
 
 
 def mnist_train_test(full: bool, root: str | os.PathLike[str] | None = None, *,
@@ -256,7 +259,7 @@ def mnist_train_test(full: bool, root: str | os.PathLike[str] | None = None, *,
         train = load_mnist("train", root, download=download)
         return MnistData(train.images, test.images,
                          "trained on the 60,000 MNIST training images, evaluated on the "
-                         "10,000 MNIST test images", True)
+                         "10,000 MNIST test images", True, train.labels, test.labels)
     if not 0 < ci_train < len(test):
         raise ValueError(f"ci_train must be between 1 and {len(test) - 1}, got {ci_train}.")
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))
@@ -264,4 +267,5 @@ def mnist_train_test(full: bool, root: str | os.PathLike[str] | None = None, *,
     return MnistData(test.images[order[:ci_train]], test.images[order[ci_train:]],
                      f"only the MNIST test split is used: trained on {ci_train:,} of its "
                      f"{len(test):,} images and evaluated on the other {rest:,} (a random "
-                     f"split, seed {seed}; the 60,000 training images are not used)", False)
+                     f"split, seed {seed}; the 60,000 training images are not used)", False,
+                     test.labels[order[:ci_train]], test.labels[order[ci_train:]])

@@ -65,6 +65,23 @@ def load_image_model(path: str | os.PathLike[str], map_location: str | torch.dev
     return model.eval(), deq, ckpt
 
 
+def load_digit_classifier(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """``(classifier, provenance)`` from a ``train classifier`` file and its ``.json``."""
+    import json
+    from pathlib import Path
+
+    from nfcourse.metrics.samples import DigitClassifier
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("model_spec", {}).get("name") != "digit_classifier":
+        raise ValueError(f"{path} is not a digit classifier (written by `python -m nfcourse "
+                         "train classifier`).")
+    classifier = DigitClassifier()
+    classifier.load_state_dict(ckpt["model"])
+    record = Path(str(path) + ".json")
+    return classifier.eval(), json.loads(record.read_text()) if record.exists() else {}
+
+
 def _git_commit() -> str:
     """The commit of the working tree (``+dirty`` if it has uncommitted changes), or
     ``"unknown"`` outside a git checkout."""
