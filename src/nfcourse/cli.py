@@ -129,55 +129,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- train mnist
 
-# What `train mnist --preset NAME` trains. The data split comes from --profile: `ci` is the
-# 8,000/2,000 split of the test split (offline), `full` the 60,000/10,000 split.
-PRESETS: dict[str, dict[str, Any]] = {
-    # chapter 5's model trained on the page: minutes on 2 CPU cores
-    "ci": {"model": "multiscale", "model_kwargs": "PAGE", "dequant": "variational",
-           "dequant_kwargs": "PAGE", "steps": 900, "batch_size": 64, "lr": 3e-3,
-           "warmup": 100, "ema": None, "eval_every": 150, "eval_size": 500,
-           "checkpoint_every": 150},
-    # the shipped pretrained model: hours in the background on one CPU thread, resumable
-    "pretrained": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
-                   "dequant_kwargs": "RECIPE", "steps": 3600, "batch_size": 64, "lr": 1.5e-3,
-                   "warmup": 200, "ema": 0.999,
-                   "eval_every": 200, "eval_size": 500, "checkpoint_every": 50},
-    # the same recipe at GPU scale on the 60,000 training images (~130 epochs of batch 128)
-    "full": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
-             "dequant_kwargs": "RECIPE", "steps": 60_000, "batch_size": 128, "lr": 1e-3,
-             "warmup": 1000, "ema": 0.999,
-             "eval_every": 2000, "eval_size": 10_000, "checkpoint_every": 2000},
-}
-# a diverging run (held-out loss this many bits/dim above its best) stops and says so
-DIVERGENCE_BITS = 0.5
-
-
-def image_model_spec(name: str, kwargs: dict[str, Any] | str | None = None,
-                     hidden: int | None = None) -> dict[str, Any]:
-    """The model spec of ``"tiny"`` (the lecture's dense RealNVP) or ``"multiscale"``.
-
-    ``kwargs`` may name the book's layouts: ``"RECIPE"`` (:data:`nfcourse.models.MNIST_RECIPE`)
-    or ``"PAGE"`` (:data:`nfcourse.models.MNIST_PAGE`); ``hidden`` overrides the width.
-    """
-    from nfcourse.models import MNIST_PAGE, MNIST_RECIPE
-
-    named = {"RECIPE": MNIST_RECIPE, "PAGE": MNIST_PAGE}
-    if name not in ("tiny", "multiscale"):
-        raise ValueError(f"unknown image model {name!r}; choose tiny or multiscale.")
-    if name == "tiny":
-        kw: dict[str, Any] = {}
-    else:
-        kw = dict(named[kwargs] if isinstance(kwargs, str) else (kwargs or {}))
-    if hidden is not None:
-        kw["hidden"] = hidden
-    return {"name": "tiny_realnvp" if name == "tiny" else "multiscale_realnvp", "kwargs": kw}
-
-
 def add_train_mnist_args(p: argparse.ArgumentParser) -> None:
+    from nfcourse.training.images import MNIST_PRESETS
+
     p.add_argument("--profile", choices=("auto", "ci", "full"), default="auto",
                    help="data split: ci = 8,000/2,000 of the test split (offline); full = "
                         "60,000 train / 10,000 test (default: full with CUDA)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    p.add_argument("--preset", choices=sorted(MNIST_PRESETS), default=None,
                    help="what to train (default: the profile's name): ci = chapter 5's page "
                         "model, pretrained = the shipped model, full = GPU scale")
     p.add_argument("--model", choices=("tiny", "multiscale"), default=None)
@@ -209,7 +167,9 @@ def add_train_mnist_args(p: argparse.ArgumentParser) -> None:
 
 def _mnist_preset(args: argparse.Namespace, preset_name: str) -> dict[str, Any]:
     """The preset with the command line's overrides, checked."""
-    preset = dict(PRESETS[preset_name])
+    from nfcourse.training.images import MNIST_PRESETS
+
+    preset = dict(MNIST_PRESETS[preset_name])
     for key in ("model", "steps", "batch_size", "lr", "eval_every", "eval_size",
                 "checkpoint_every", "dequant"):
         if getattr(args, key) is not None:
@@ -233,11 +193,10 @@ def main_train_mnist(args: argparse.Namespace) -> int:
     from nfcourse.core.seeding import seed_everything
     from nfcourse.data.images import bits_per_dim
     from nfcourse.data.mnist import MnistError, mnist_train_test
-    from nfcourse.flows.images import VariationalDequantizer
-    from nfcourse.models import MNIST_DEQUANTIZER, MNIST_PAGE_DEQUANTIZER, build_model
     from nfcourse.profiles import active_profile
-    from nfcourse.training.engine import TrainConfig, rank_and_world
-    from nfcourse.training.images import export_image_model, record_run_segment, train_images
+    from nfcourse.training.engine import rank_and_world
+    from nfcourse.training.images import (DIVERGENCE_BITS, export_image_model, mnist_run,
+                                          record_run_segment, train_images)
     from nfcourse.training.objectives import evaluate_bits_per_dim
 
     profile = active_profile({"NFCOURSE_PROFILE": args.profile})
@@ -261,22 +220,14 @@ def main_train_mnist(args: argparse.Namespace) -> int:
             print(f"nfcourse train mnist: error: {err}", file=sys.stderr)
             return 2
         seed_everything(args.seed)
-        spec = image_model_spec(preset["model"], preset.get("model_kwargs"), args.hidden)
-        model = build_model(spec)
-        deq_kwargs = None
-        if preset["dequant"] == "variational":
-            deq_kwargs = dict(MNIST_PAGE_DEQUANTIZER if preset.get("dequant_kwargs") == "PAGE"
-                              else MNIST_DEQUANTIZER)
-        deq = VariationalDequantizer(**deq_kwargs) if deq_kwargs is not None else None
-        spec = {**spec, "dequant": preset["dequant"], "dequant_kwargs": deq_kwargs,
-                "data": data.description, "preset": preset_name}
+        run = mnist_run(preset_name, seed=args.seed, model=preset["model"],
+                        hidden=args.hidden, steps=preset["steps"],
+                        batch_size=preset["batch_size"], lr=preset["lr"],
+                        eval_every=preset["eval_every"], eval_size=preset["eval_size"],
+                        checkpoint_every=preset["checkpoint_every"], dequant=preset["dequant"])
+        model, deq, config = run.model, run.dequantizer, run.config
+        spec = {**run.spec, "data": data.description}
         pixels = data.train[0].numel()
-        config = TrainConfig(steps=preset["steps"], batch_size=preset["batch_size"],
-                             lr=preset["lr"], warmup=min(preset["warmup"], preset["steps"] // 10),
-                             eval_every=preset["eval_every"], eval_size=preset["eval_size"],
-                             seed=args.seed, checkpoint_every=preset["checkpoint_every"],
-                             weight_decay=0.0, clip_grad=1.0, ema=preset["ema"],
-                             divergence=DIVERGENCE_BITS * pixels * math.log(2))
         if rank == 0:
             record_run_segment(args.out, sys.argv, args.resume)
             print(f"nfcourse train mnist: profile {profile.name}, preset {preset_name}, "

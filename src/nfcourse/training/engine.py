@@ -408,7 +408,8 @@ class _Run:
 def fit(objective: nn.Module, data: Any, config: TrainConfig | None = None, *,
         eval_data: Any = None, checkpoint: str | os.PathLike[str] | None = None,
         resume: bool = False, stop_at: int | None = None,
-        model_spec: dict[str, Any] | None = None, progress: bool | None = None) -> History:
+        model_spec: dict[str, Any] | None = None, progress: bool | None = None,
+        on_eval: Callable[[History], None] | None = None) -> History:
     """Train ``objective`` (in place, on the device it lives on) and return its History.
 
     Args:
@@ -429,6 +430,8 @@ def fit(objective: nn.Module, data: Any, config: TrainConfig | None = None, *,
         model_spec: how to rebuild ``objective.model`` (``{"name": ..., "kwargs": ...}``), for
             :func:`nfcourse.training.checkpoint.load_model`.
         progress: show a tqdm bar; ``None`` decides from the environment.
+        on_eval: called with the History after every evaluation (on rank 0), e.g. to print
+            one line of progress where a bar would not render (a static page).
     Returns:
         the :class:`History` (``finished`` is False if ``stop_at`` paused the run).
     Raises:
@@ -480,6 +483,8 @@ def fit(objective: nn.Module, data: Any, config: TrainConfig | None = None, *,
                 held_out_loss = run.evaluate(held_out)
                 h.eval_wall_time.append(h.wall_time + time.perf_counter() - started)
                 bar.set_postfix(loss=f"{value:.4g}", eval=f"{held_out_loss:.4g}")
+                if on_eval is not None and rank == 0:
+                    on_eval(h)
             if step == config.steps or h.stopped_early:
                 run.finish()
             elif config.checkpoint_every and step % config.checkpoint_every == 0:

@@ -7,7 +7,11 @@ restore-best included). :func:`load_image_model` reads back what it wrote. The c
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,18 +24,99 @@ from nfcourse.training.engine import History, TrainConfig, fit
 from nfcourse.training.objectives import ImageELBO
 
 
+# What `train mnist --preset NAME` (and chapter 5) trains; the data split is the profile's.
+# "model_kwargs" / "dequant_kwargs" name the layouts in nfcourse.models.
+MNIST_PRESETS: dict[str, dict[str, Any]] = {
+    # chapter 5's model trained on the page: minutes on 2 CPU cores
+    "ci": {"model": "multiscale", "model_kwargs": "PAGE", "dequant": "variational",
+           "dequant_kwargs": "PAGE", "steps": 900, "batch_size": 64, "lr": 3e-3,
+           "warmup": 100, "ema": None, "eval_every": 150, "eval_size": 500,
+           "checkpoint_every": 150},
+    # the shipped pretrained model: about an hour in the background on one CPU thread
+    "pretrained": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
+                   "dequant_kwargs": "RECIPE", "steps": 3600, "batch_size": 64, "lr": 1.5e-3,
+                   "warmup": 200, "ema": 0.999, "eval_every": 200, "eval_size": 500,
+                   "checkpoint_every": 50},
+    # the same recipe at GPU scale on the 60,000 training images (~130 epochs of batch 128)
+    "full": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
+             "dequant_kwargs": "RECIPE", "steps": 60_000, "batch_size": 128, "lr": 1e-3,
+             "warmup": 1000, "ema": 0.999, "eval_every": 2000, "eval_size": 10_000,
+             "checkpoint_every": 2000},
+}
+# a run whose held-out loss rises this many bits/dim above its best stops and says so
+DIVERGENCE_BITS = 0.5
+
+
+@dataclass
+class MnistRun:
+    """What one MNIST run trains: the flow, its dequantiser (``None``: uniform), the
+    :class:`TrainConfig` and the ``model_spec`` a checkpoint stores."""
+
+    model: FlowModel
+    dequantizer: nn.Module | None
+    config: TrainConfig
+    spec: dict[str, Any]
+
+
+def mnist_run(preset: str = "ci", *, seed: int = 0, pixels: int = 784,
+              **overrides: Any) -> MnistRun:
+    """Build the model, dequantiser and config of ``preset`` (a key of :data:`MNIST_PRESETS`).
+
+    ``overrides`` replace preset entries (``steps``, ``batch_size``, ``lr``, ``eval_every``,
+    ``eval_size``, ``checkpoint_every``, ``model`` = ``"tiny"`` / ``"multiscale"``,
+    ``dequant`` = ``"uniform"`` / ``"variational"``, ``hidden``); ``None`` keeps the
+    preset's. The recipe: AdamW without weight decay, warm-up then cosine decay, gradient
+    norm clipped at 1, divergence detection at :data:`DIVERGENCE_BITS`. Call
+    ``seed_everything`` first: the networks initialise from the global RNG.
+    """
+    from nfcourse.flows.images import VariationalDequantizer
+    from nfcourse.models import (MNIST_DEQUANTIZER, MNIST_PAGE, MNIST_PAGE_DEQUANTIZER,
+                                 MNIST_RECIPE, build_model)
+
+    if preset not in MNIST_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(MNIST_PRESETS)}.")
+    p = {**MNIST_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+    hidden = p.pop("hidden", None)
+    if p["model"] == "tiny":
+        spec: dict[str, Any] = {"name": "tiny_realnvp", "kwargs": {}}
+    elif p["model"] == "multiscale":
+        layout = {"PAGE": MNIST_PAGE, "RECIPE": MNIST_RECIPE}[p["model_kwargs"]]
+        spec = {"name": "multiscale_realnvp", "kwargs": dict(layout)}
+    else:
+        raise ValueError(f"unknown image model {p['model']!r}; choose tiny or multiscale.")
+    if hidden is not None:
+        spec["kwargs"]["hidden"] = int(hidden)
+    deq_kwargs = None
+    if p["dequant"] == "variational":
+        deq_kwargs = dict(MNIST_PAGE_DEQUANTIZER if p["dequant_kwargs"] == "PAGE"
+                          else MNIST_DEQUANTIZER)
+    elif p["dequant"] != "uniform":
+        raise ValueError(f"dequant must be 'uniform' or 'variational', got {p['dequant']!r}.")
+    model = build_model(spec)
+    deq = VariationalDequantizer(**deq_kwargs) if deq_kwargs is not None else None
+    config = TrainConfig(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"],
+                         warmup=min(p["warmup"], p["steps"] // 10), eval_every=p["eval_every"],
+                         eval_size=p["eval_size"], seed=seed,
+                         checkpoint_every=p["checkpoint_every"], weight_decay=0.0,
+                         clip_grad=1.0, ema=p["ema"],
+                         divergence=DIVERGENCE_BITS * pixels * math.log(2))
+    spec = {**spec, "dequant": p["dequant"], "dequant_kwargs": deq_kwargs, "preset": preset}
+    return MnistRun(model, deq, config, spec)  # type: ignore[arg-type]
+
+
 def train_images(model: FlowModel, train: Tensor, config: TrainConfig | None = None, *,
                  eval_images: Tensor, dequantizer: nn.Module | None = None,
                  checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
                  stop_at: int | None = None, model_spec: dict[str, Any] | None = None,
-                 progress: bool | None = None, init_actnorm: int = 512) -> History:
+                 progress: bool | None = None, init_actnorm: int = 512,
+                 on_eval: Callable[[History], None] | None = None) -> History:
     """Train ``model`` (and a variational ``dequantizer``) on integer images by max. likelihood.
 
     Args:
         model: a density on ``y`` in ``[0, 1)^D`` (e.g. :func:`nfcourse.models.tiny_realnvp`).
         train, eval_images: disjoint uint8 images ``[N, C, H, W]``; the first
             ``config.eval_size`` held-out images are scored at every evaluation.
-        config, checkpoint, resume, stop_at, model_spec, progress: as in
+        config, checkpoint, resume, stop_at, model_spec, progress, on_eval: as in
             :func:`nfcourse.training.engine.fit`.
         init_actnorm: training images used to initialise the ActNorms (before training).
     Returns:
@@ -44,7 +129,8 @@ def train_images(model: FlowModel, train: Tensor, config: TrainConfig | None = N
     objective = ImageELBO(model, dequantizer.to(device) if dequantizer is not None else None)
     objective.initialize_actnorms(train, config.seed + 7, init_actnorm)
     return fit(objective, train, config, eval_data=eval_images, checkpoint=checkpoint,
-               resume=resume, stop_at=stop_at, model_spec=model_spec, progress=progress)
+               resume=resume, stop_at=stop_at, model_spec=model_spec, progress=progress,
+               on_eval=on_eval)
 
 
 def load_image_model(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
@@ -63,6 +149,21 @@ def load_image_model(path: str | os.PathLike[str], map_location: str | torch.dev
     if deq is not None:
         deq.eval()
     return model.eval(), deq, ckpt
+
+
+# The files the book ships (weights with their provenance): src/nfcourse/pretrained/.
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+
+
+def pretrained_file(name: str) -> Path:
+    """Path of a file the book ships in ``nfcourse/pretrained`` (e.g. ``mnist_multiscale.pt``)."""
+    path = PRETRAINED_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: nfcourse ships its pretrained models in {PRETRAINED_DIR}. "
+            "Install nfcourse from a full clone of the repository, or make the file yourself "
+            "with the command in its provenance (chapter 5).")
+    return path
 
 
 def load_digit_classifier(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
