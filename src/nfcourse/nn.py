@@ -84,6 +84,8 @@ class ChannelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[0] == 0:               # an empty batch has no statistics to take
+            return x * self.weight + self.bias
         var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
 
