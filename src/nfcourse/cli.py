@@ -12,7 +12,6 @@ training goes through :func:`nfcourse.training.engine.fit`.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
