@@ -117,6 +117,11 @@ FLOWS: dict[str, Callable[[], tuple[Flow, Domain]]] = {
                                                         checker=(1, 0), channel=(1, 2),
                                                         blocks=1, actnorm=False),
                                         _normal(1, 8, 8)),
+    # chapter 3's Glow on MNIST in miniature: Glow steps with gated conditioners at two scales
+    "MultiScaleLevel[glow]": lambda: (MultiScaleLevel((1, 8, 8), scales=2, hidden=(4, 6, 8),
+                                                      checker=(0, 0), channel=(1, 2), blocks=1,
+                                                      glow=torch.Generator().manual_seed(0)),
+                                      _normal(1, 8, 8)),
     "ContinuousFlow": lambda: (_tight_cnf(), _normal(2)),
 }
 
@@ -208,6 +213,9 @@ def _small_specs() -> dict[str, dict[str, Any]]:
         "multiscale_realnvp": {"name": "multiscale_realnvp", "kwargs": {
             "shape": (1, 8, 8), "scales": 2, "hidden": [4, 6, 8], "checker": [1, 0],
             "channel": [1, 2], "blocks": 1, "alpha": 1e-5, "actnorm": False}},
+        "multiscale_glow": {"name": "multiscale_glow", "kwargs": {
+            "shape": (1, 8, 8), "scales": 2, "hidden": [4, 6, 8], "channel": [1, 2],
+            "blocks": 1, "alpha": 1e-5}},
         "velocity_mlp": {"name": "velocity_mlp", "kwargs": {"dim": 2, "hidden": 8,
                                                             "layers": 2}},
         "vae": {"name": "vae", "kwargs": {"features": 2, "latent": 2, "hidden": 8}},
@@ -217,7 +225,7 @@ def _small_specs() -> dict[str, dict[str, Any]]:
 
 
 FLOW_MODELS = ["realnvp", "nice", "glow", "glow_2d", "cnf", "tiny_realnvp",
-               "multiscale_realnvp"]
+               "multiscale_realnvp", "multiscale_glow"]
 
 
 def test_every_builtin_model_has_a_small_spec() -> None:

@@ -136,8 +136,9 @@ def add_train_mnist_args(p: argparse.ArgumentParser) -> None:
                         "60,000 train / 10,000 test (default: full with CUDA)")
     p.add_argument("--preset", choices=sorted(MNIST_PRESETS), default=None,
                    help="what to train (default: the profile's name): ci = chapter 5's page "
-                        "model, pretrained = the shipped model, full = GPU scale")
-    p.add_argument("--model", choices=("tiny", "multiscale"), default=None)
+                        "model, pretrained = the shipped model, glow = chapter 3's Glow, "
+                        "full = GPU scale")
+    p.add_argument("--model", choices=("tiny", "multiscale", "glow"), default=None)
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch")

@@ -123,6 +123,24 @@ def multiscale_realnvp(shape: Sequence[int] = MNIST_SHAPE, scales: int = 3,
     return FlowModel(flow)
 
 
+def multiscale_glow(shape: Sequence[int] = MNIST_SHAPE, scales: int = 2,
+                    hidden: int | Sequence[int] = 64, *, channel: int | Sequence[int] = 3,
+                    alpha: float = 0.05, blocks: int = 0, seed: int = 0) -> FlowModel:
+    """Glow (chapter 3) in the multi-scale layout of :func:`multiscale_realnvp`: at each scale
+    squeeze, ``channel`` Glow steps (ActNorm, learned 1x1 convolution, affine channel
+    coupling), split; a density on ``y`` in ``[0, 1)^D`` through the same logit transform.
+
+    With :data:`MNIST_GLOW` it is :data:`MNIST_RECIPE` with each flip replaced by a learned
+    mixing and an ActNorm per step, so the two differ only in what Glow adds. ``seed`` fixes
+    the random rotations the 1x1 convolutions start from.
+    """
+    shape_t = as_event_shape(shape)
+    assert shape_t is not None and len(shape_t) == 3
+    g = torch.Generator().manual_seed(seed)
+    level = MultiScaleLevel(shape_t, scales, hidden, [0] * scales, channel, blocks=blocks, glow=g)
+    return FlowModel(Compose(level, Inverse(Logit(shape_t, alpha)), event_shape=shape_t))
+
+
 # The book's MNIST flows (chapter 5, `python -m nfcourse train mnist`). No coupling runs at
 # 28x28, where convolutions cost the most: squeeze to 4x14x14, channel couplings, split off
 # half, squeeze to 8x7x7, channel couplings. Gated residual conditioners, no ActNorm, a small
@@ -133,6 +151,9 @@ MNIST_RECIPE: dict[str, Any] = {"scales": 2, "hidden": [48, 48, 64], "checker": 
                                 "actnorm": False}
 MNIST_PAGE: dict[str, Any] = {"scales": 2, "hidden": [32, 32, 64], "checker": [0, 0],
                               "channel": [2, 4], "blocks": 1, "alpha": 1e-5, "actnorm": False}
+# Chapter 3's Glow on MNIST: MNIST_RECIPE's layout and conditioners with Glow steps.
+MNIST_GLOW: dict[str, Any] = {"scales": 2, "hidden": [48, 48, 64], "channel": [3, 4],
+                              "blocks": 2, "alpha": 1e-5}
 # ... and their learned dequantisers (VariationalDequantizer arguments): for the page, one
 # plain conditional coupling, nearly free to run.
 MNIST_DEQUANTIZER: dict[str, Any] = {"hidden": 8, "couplings": 2, "blocks": 1}
@@ -159,6 +180,7 @@ BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnf": cnf_from_spec,                      # chapter 4, CNF / FFJORD
     "tiny_realnvp": tiny_realnvp,              # chapter 5, MNIST
     "multiscale_realnvp": multiscale_realnvp,
+    "multiscale_glow": multiscale_glow,        # chapter 3, Glow on MNIST
     "velocity_mlp": VelocityMLP,               # chapter 6, flow matching
     "vae": VAE,                                # chapter 8, a bare VAE
     "vae_elbo": elbo_objective,                # chapter 8, what fit() trains

@@ -337,12 +337,14 @@ class GlowStep(Compose):
         event_shape: ``(D,)`` or ``(C, H, W)``.
         hidden: width of the coupling network (channels for images, units for vectors).
         lu: LU-parameterised mixing (default) or dense.
-        depth: hidden layers of the vector coupling network (images always use 3 convs).
+        depth: hidden layers of the vector coupling network (images: see ``blocks``).
+        blocks: gated residual blocks of an image coupling's conditioner (0: the plain
+            three-convolution net).
     """
 
     def __init__(self, event_shape: int | Sequence[int], hidden: int = 64, lu: bool = True,
                  depth: int = 2, scale_bound: float = 3.0,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, *, blocks: int = 0) -> None:
         shape = _event(event_shape)
         mix: Flow
         coupling: Flow
@@ -352,7 +354,8 @@ class GlowStep(Compose):
                                       scale_bound)
         else:
             mix = InvertibleConv1x1(shape, lu, generator)
-            coupling = AffineCoupling(ChannelSplit(shape), hidden, scale_bound=scale_bound)
+            coupling = AffineCoupling(ChannelSplit(shape), hidden, scale_bound=scale_bound,
+                                      blocks=blocks)
         # Compose runs its list in the forward (latent -> data) direction, so the data -> latent
         # order ActNorm -> mix -> coupling is the reverse of this list.
         super().__init__(coupling, mix, ActNorm(shape), event_shape=shape)

@@ -43,7 +43,7 @@ from nfcourse.core.validation import check_count, module_dtype_device
 from nfcourse.data.images import LEVELS, check_pixels
 from nfcourse.flows.coupling import (AffineCoupling, ChannelSplit, Checkerboard, ContextOnly,
                                      checkerboard_mask)
-from nfcourse.flows.glow import ActNorm, Split, squeeze2d, unsqueeze2d
+from nfcourse.flows.glow import ActNorm, GlowStep, Split, squeeze2d, unsqueeze2d
 from nfcourse.flows.simple import Sigmoid
 
 
@@ -174,12 +174,17 @@ def _checkerboard_block(shape: tuple[int, ...], n: int, hidden: int, blocks: int
 
 
 def _channel_block(shape: tuple[int, ...], n: int, hidden: int, blocks: int = 0,
-                   actnorm: bool = True) -> list[Flow]:
+                   actnorm: bool = True, glow: torch.Generator | None = None) -> list[Flow]:
     """``n`` channel couplings (:class:`ChannelSplit`), flipping the channels in between.
 
     Data -> latent (``inverse``) each coupling runs first and its ActNorm right after it,
     then the flip; latent -> data (``forward``, the order of the returned list) the reverse.
+    With a generator ``glow`` they are ``n`` Glow steps instead (ActNorm, a learned 1x1
+    convolution starting from a random rotation drawn from ``glow``, then the coupling), whose
+    learned mixing replaces the flips; ``actnorm`` is then ignored (every step has one).
     """
+    if glow is not None:
+        return [GlowStep(shape, hidden, generator=glow, blocks=blocks) for _ in range(n)]
     flows: list[Flow] = []
     for k in range(n):
         flows.append(AffineCoupling(ChannelSplit(shape), hidden, blocks=blocks))
@@ -219,11 +224,14 @@ class MultiScaleLevel(Flow):
             which runs ``checker + 1`` checkerboard couplings and nothing else.
         blocks: gated residual blocks per conditioner (0: the plain three-convolution net).
         actnorm: an ActNorm after every coupling (data -> latent).
+        glow: a generator makes the channel couplings Glow steps (ActNorm, learned 1x1
+            convolution, coupling; chapter 3): the rotations they start from are drawn from it.
     """
 
     def __init__(self, event_shape: Sequence[int], scales: int, hidden: int | Sequence[int],
                  checker: int | Sequence[int] = 3, channel: int | Sequence[int] = 3, *,
-                 blocks: int = 0, actnorm: bool = True) -> None:
+                 blocks: int = 0, actnorm: bool = True,
+                 glow: torch.Generator | None = None) -> None:
         shape = as_event_shape(event_shape)
         assert shape is not None and len(shape) == 3
         if scales < 1:
@@ -254,12 +262,13 @@ class MultiScaleLevel(Flow):
         if squeeze:
             inner = (4 * c, h // 2, w // 2)
             self.channel = Compose(*_channel_block(inner, channels[0], widths[1], blocks,
-                                                   actnorm), event_shape=inner)
+                                                   actnorm, glow), event_shape=inner)
         if self.last:
             return
         self.split = Split(inner)
         self.inner = MultiScaleLevel((self.split.kept, h // 2, w // 2), scales - 1, widths[1:],
-                                     checkers[1:], channels[1:], blocks=blocks, actnorm=actnorm)
+                                     checkers[1:], channels[1:], blocks=blocks, actnorm=actnorm,
+                                     glow=glow)
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y, logdet = (x, x.new_zeros(x.shape[0])) if self.checker is None else \

@@ -37,6 +37,11 @@ MNIST_PRESETS: dict[str, dict[str, Any]] = {
                    "dequant_kwargs": "RECIPE", "steps": 3600, "batch_size": 64, "lr": 1.5e-3,
                    "warmup": 200, "ema": 0.999, "eval_every": 200, "eval_size": 500,
                    "checkpoint_every": 50},
+    # chapter 3's Glow on MNIST: the pretrained recipe with Glow steps (models.MNIST_GLOW)
+    "glow": {"model": "glow", "model_kwargs": "GLOW", "dequant": "variational",
+             "dequant_kwargs": "RECIPE", "steps": 2400, "batch_size": 64, "lr": 1.5e-3,
+             "warmup": 200, "ema": 0.999, "eval_every": 200, "eval_size": 500,
+             "checkpoint_every": 50},
     # the same recipe at GPU scale on the 60,000 training images (~130 epochs of batch 128)
     "full": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
              "dequant_kwargs": "RECIPE", "steps": 60_000, "batch_size": 128, "lr": 1e-3,
@@ -63,15 +68,15 @@ def mnist_run(preset: str = "ci", *, seed: int = 0, pixels: int = 784,
     """Build the model, dequantiser and config of ``preset`` (a key of :data:`MNIST_PRESETS`).
 
     ``overrides`` replace preset entries (``steps``, ``batch_size``, ``lr``, ``eval_every``,
-    ``eval_size``, ``checkpoint_every``, ``model`` = ``"tiny"`` / ``"multiscale"``,
+    ``eval_size``, ``checkpoint_every``, ``model`` = ``"tiny"`` / ``"multiscale"`` / ``"glow"``,
     ``dequant`` = ``"uniform"`` / ``"variational"``, ``hidden``); ``None`` keeps the
     preset's. The recipe: AdamW without weight decay, warm-up then cosine decay, gradient
     norm clipped at 1, divergence detection at :data:`DIVERGENCE_BITS`. Call
     ``seed_everything`` first: the networks initialise from the global RNG.
     """
     from nfcourse.flows.images import VariationalDequantizer
-    from nfcourse.models import (MNIST_DEQUANTIZER, MNIST_PAGE, MNIST_PAGE_DEQUANTIZER,
-                                 MNIST_RECIPE, build_model)
+    from nfcourse.models import (MNIST_DEQUANTIZER, MNIST_GLOW, MNIST_PAGE,
+                                 MNIST_PAGE_DEQUANTIZER, MNIST_RECIPE, build_model)
 
     if preset not in MNIST_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(MNIST_PRESETS)}.")
@@ -79,11 +84,16 @@ def mnist_run(preset: str = "ci", *, seed: int = 0, pixels: int = 784,
     hidden = p.pop("hidden", None)
     if p["model"] == "tiny":
         spec: dict[str, Any] = {"name": "tiny_realnvp", "kwargs": {}}
-    elif p["model"] == "multiscale":
-        layout = {"PAGE": MNIST_PAGE, "RECIPE": MNIST_RECIPE}[p["model_kwargs"]]
-        spec = {"name": "multiscale_realnvp", "kwargs": dict(layout)}
+    elif p["model"] in ("multiscale", "glow"):
+        # the preset's layout if it is one of this model's, else the model's large one
+        name, layouts = {"multiscale": ("multiscale_realnvp", {"PAGE": MNIST_PAGE,
+                                                                "RECIPE": MNIST_RECIPE}),
+                         "glow": ("multiscale_glow", {"GLOW": MNIST_GLOW})}[p["model"]]
+        layout = layouts.get(p["model_kwargs"], list(layouts.values())[-1])
+        spec = {"name": name, "kwargs": dict(layout)}
     else:
-        raise ValueError(f"unknown image model {p['model']!r}; choose tiny or multiscale.")
+        raise ValueError(f"unknown image model {p['model']!r}; choose tiny, multiscale or "
+                         "glow.")
     if hidden is not None:
         spec["kwargs"]["hidden"] = int(hidden)
     deq_kwargs = None
