@@ -29,9 +29,9 @@ from nfcourse.training.objectives import ImageELBO
 MNIST_PRESETS: dict[str, dict[str, Any]] = {
     # chapter 5's model trained on the page: minutes on 2 CPU cores
     "ci": {"model": "multiscale", "model_kwargs": "PAGE", "dequant": "variational",
-           "dequant_kwargs": "PAGE", "steps": 900, "batch_size": 64, "lr": 3e-3,
-           "warmup": 100, "ema": None, "eval_every": 150, "eval_size": 500,
-           "checkpoint_every": 150},
+           "dequant_kwargs": "PAGE", "steps": 600, "batch_size": 64, "lr": 3e-3,
+           "warmup": 60, "ema": None, "eval_every": 100, "eval_size": 500,
+           "checkpoint_every": 100},
     # the shipped pretrained model: about an hour in the background on one CPU thread
     "pretrained": {"model": "multiscale", "model_kwargs": "RECIPE", "dequant": "variational",
                    "dequant_kwargs": "RECIPE", "steps": 3600, "batch_size": 64, "lr": 1.5e-3,
