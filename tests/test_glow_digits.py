@@ -95,3 +95,62 @@ def test_short_glow_training_beats_the_uniform_model_and_reloads(tmp_path):
     x = dequantize(split.held_out[:16], torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(again.log_prob(x), model.log_prob(x))
+
+
+class _UniformOnTheBox(torch.nn.Module):
+    """The density 1 on ``[0, 1)^D``: every dequantised image has log q(y) = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(y.shape[0]) + 0 * self.dummy
+
+
+def test_the_image_pipeline_counts_17_levels_for_the_digits():
+    from nfcourse.training.objectives import evaluate_bits_per_dim
+
+    held = digits_split().held_out
+    bits, se = evaluate_bits_per_dim(_UniformOnTheBox(), held, levels=LEVELS)
+    assert bits == pytest.approx(math.log2(17), abs=1e-12) and se == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match=r"0\.\.16"):
+        evaluate_bits_per_dim(_UniformOnTheBox(), held + 1, levels=LEVELS)
+
+
+def test_glow_with_a_logit_is_a_density_on_the_unit_box_and_passes_check_flow():
+    from nfcourse.core.testing import check_flow
+    from nfcourse.flows.simple import Logit
+
+    from nfcourse.core.model import FlowModel
+
+    torch.manual_seed(0)
+    box = glow((1, 8, 8), levels=2, steps=1, hidden=4, alpha=1e-3).double().eval()
+    with torch.no_grad():
+        for p in box.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    free = FlowModel(box.flow.flows[0])          # the same Glow levels, without the logit
+    y = 0.02 + 0.96 * torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    x, logdet = Logit((1, 8, 8), 1e-3).double().forward(y)   # y -> logit space and its log-det
+    torch.testing.assert_close(box.log_prob(y), free.log_prob(x) + logdet)
+    check_flow(box.flow, torch.randn(2, 1, 8, 8, dtype=torch.float64))
+
+
+def test_a_short_digits_run_with_a_learned_dequantiser_tightens_its_bound(tmp_path):
+    from nfcourse.flows.images import VariationalDequantizer
+    from nfcourse.training.images import train_images
+    from nfcourse.training.objectives import evaluate_bits_per_dim
+
+    torch.manual_seed(0)
+    split = digits_split()
+    model = glow((1, 8, 8), levels=2, steps=1, hidden=8, alpha=1e-5)
+    deq = VariationalDequantizer(1, hidden=8, levels=LEVELS)
+    assert deq.spec["levels"] == LEVELS
+    train_images(model, split.train, TrainConfig(steps=40, batch_size=64, lr=5e-3, warmup=5,
+                                                 eval_every=40, eval_size=128),
+                 eval_images=split.held_out, dequantizer=deq, levels=LEVELS, progress=False)
+    learned, _ = evaluate_bits_per_dim(model.eval(), split.held_out, deq.eval(), levels=LEVELS)
+    uniform, _ = evaluate_bits_per_dim(model, split.held_out, levels=LEVELS)
+    assert learned < uniform < math.log2(17)
+    with pytest.raises(ValueError, match="levels must be >= 2"):
+        VariationalDequantizer(1, levels=1)

@@ -55,13 +55,17 @@ def nice(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2
 
 
 def glow(event_shape: Sequence[int] = (1, 8, 8), levels: int = 2, steps: int = 4,
-         hidden: int = 64, *, lu: bool = True, seed: int | None = 0) -> FlowModel:
+         hidden: int = 64, *, lu: bool = True, seed: int | None = 0,
+         alpha: float | None = None) -> FlowModel:
     """A multi-scale Glow density model for images ``[B, C, H, W]`` with a ``N(0, I)`` base.
 
     ``levels`` scales of ``steps`` Glow steps each; ``H`` and ``W`` must be divisible by
     ``2**levels``. ``seed`` fixes the random rotations the 1x1 convolutions start from (the
     coupling nets use the global RNG). ActNorms initialise on the first training batch, or
-    call :func:`initialize_actnorms` with a larger one.
+    call :func:`initialize_actnorms` with a larger one. With ``alpha`` the model ends with the
+    logit transform (margin ``alpha``): a density on ``y`` in ``[0, 1)^D``, as the image
+    trainer (:func:`~nfcourse.training.images.train_images`) expects; without it a density on
+    the real line.
     """
     shape = _event(event_shape)
     if len(shape) != 3:
@@ -70,7 +74,10 @@ def glow(event_shape: Sequence[int] = (1, 8, 8), levels: int = 2, steps: int = 4
         raise ValueError(f"glow(): {levels} levels halve the image {levels} times, so H and W "
                          f"must be divisible by {2**levels}; got {shape[1]}x{shape[2]}.")
     g = None if seed is None else torch.Generator().manual_seed(seed)
-    return FlowModel(GlowLevel(shape, steps, hidden, levels, lu, g))
+    level = GlowLevel(shape, steps, hidden, levels, lu, g)
+    if alpha is None:
+        return FlowModel(level)
+    return FlowModel(Compose(level, Inverse(Logit(shape, alpha)), event_shape=shape))
 
 
 def glow_2d(features: int = 2, steps: int = 8, hidden: int = 64, *, depth: int = 2,

@@ -76,18 +76,19 @@ class UniformDequantizer(nn.Module):
 
 def dequantize(v: Tensor, dequantizer: nn.Module | None = None,
                generator: torch.Generator | None = None,
-               noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Integer images ``v`` -> ``(y = (v + u) / 256, log q(u | v))``, both per image.
+               noise: Tensor | None = None, *, levels: int = LEVELS) -> tuple[Tensor, Tensor]:
+    """Integer images ``v`` -> ``(y = (v + u) / levels, log q(u | v))``, both per image.
 
     ``dequantizer`` defaults to uniform noise; ``noise`` (from ``dequantizer.noise``) may be
     passed to reuse exactly the same draw (the trainer does, to shard a global batch).
+    ``levels``: grey levels of the images (256 for 8 bits, 17 for scikit-learn's digits).
     """
-    check_pixels(v)
+    check_pixels(v, "dequantize", levels)
     dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
     if noise is None:
         noise = dequantizer.noise(v.shape, generator)  # type: ignore[operator]
     u, log_q = dequantizer(v, noise)
-    return (v.to(u.dtype) + u) / LEVELS, log_q
+    return (v.to(u.dtype) + u) / levels, log_q
 
 
 def independent_pixel_bits(train: Tensor, test: Tensor, prior: float = 1.0) -> float:

@@ -94,18 +94,21 @@ class VariationalDequantizer(nn.Module):
     Args:
         channels: image channels; hidden: conv width of the conditioning networks;
         couplings: checkerboard couplings after the affine map; blocks: gated residual blocks
-        per conditioning network (0: the plain three-convolution net).
+        per conditioning network (0: the plain three-convolution net); levels: grey levels
+        of the images (the context is the image scaled to ``[-1/2, 1/2]``).
     """
 
     def __init__(self, channels: int = 1, hidden: int = 16, scale_bound: float = 3.0, *,
-                 couplings: int = 1, blocks: int = 0) -> None:
+                 couplings: int = 1, blocks: int = 0, levels: int = LEVELS) -> None:
         super().__init__()
         if couplings < 0:
             raise ValueError(f"couplings must be >= 0, got {couplings}.")
-        self.channels = int(channels)
+        if levels < 2:
+            raise ValueError(f"levels must be >= 2 grey levels, got {levels}.")
+        self.channels, self.levels = int(channels), int(levels)
         self.spec = {"channels": int(channels), "hidden": int(hidden),
                      "scale_bound": float(scale_bound), "couplings": int(couplings),
-                     "blocks": int(blocks)}
+                     "blocks": int(blocks), "levels": int(levels)}
         self.affine = AffineCoupling(ContextOnly(channels), hidden, scale_bound=scale_bound,
                                      context=channels, blocks=blocks)
         self.couplings = nn.ModuleList(
@@ -120,7 +123,7 @@ class VariationalDequantizer(nn.Module):
 
     def flow_given(self, v: Tensor) -> Compose:
         """The noise -> ``u`` flow for the integer images ``v: [B, C, H, W]``."""
-        cond = v.to(self._dtype()) / (LEVELS - 1) - 0.5     # the image, centred, as context
+        cond = v.to(self._dtype()) / (self.levels - 1) - 0.5  # the image, centred, as context
         return Compose(self.affine.given(cond), *[c.given(cond) for c in self.couplings],
                        self.squash)
 

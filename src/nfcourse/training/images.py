@@ -119,7 +119,8 @@ def train_images(model: FlowModel, train: Tensor, config: TrainConfig | None = N
                  checkpoint: str | os.PathLike[str] | None = None, resume: bool = False,
                  stop_at: int | None = None, model_spec: dict[str, Any] | None = None,
                  progress: bool | None = None, init_actnorm: int = 512,
-                 on_eval: Callable[[History], None] | None = None) -> History:
+                 on_eval: Callable[[History], None] | None = None,
+                 levels: int = 256) -> History:
     """Train ``model`` (and a variational ``dequantizer``) on integer images by max. likelihood.
 
     Args:
@@ -129,14 +130,16 @@ def train_images(model: FlowModel, train: Tensor, config: TrainConfig | None = N
         config, checkpoint, resume, stop_at, model_spec, progress, on_eval: as in
             :func:`nfcourse.training.engine.fit`.
         init_actnorm: training images used to initialise the ActNorms (before training).
+        levels: grey levels of the images (256; 17 for scikit-learn's 8x8 digits).
     Returns:
         :class:`History` in nats per image (``bits_per_dim(value, C * H * W)`` converts).
     """
-    check_pixels(train, "train images")
-    check_pixels(eval_images, "eval images")
+    check_pixels(train, "train images", levels)
+    check_pixels(eval_images, "eval images", levels)
     config = config or TrainConfig()
     device = next(model.parameters()).device
-    objective = ImageELBO(model, dequantizer.to(device) if dequantizer is not None else None)
+    objective = ImageELBO(model, dequantizer.to(device) if dequantizer is not None else None,
+                          levels=levels)
     objective.initialize_actnorms(train, config.seed + 7, init_actnorm)
     return fit(objective, train, config, eval_data=eval_images, checkpoint=checkpoint,
                resume=resume, stop_at=stop_at, model_spec=model_spec, progress=progress,

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from nfcourse.core.model import FlowModel
 from nfcourse.core.validation import check_tensor, module_dtype_device
-from nfcourse.data.images import UniformDequantizer, bits_per_dim, check_pixels, dequantize
+from nfcourse.data.images import (LEVELS, UniformDequantizer, bits_per_dim, check_pixels,
+                                  dequantize)
 from nfcourse.metrics.stats import mean_se
 
 Sampler = Callable[[int, torch.Generator], Tensor]
@@ -107,24 +108,26 @@ class MaximumLikelihood(nn.Module):
 
 def image_nll(model: FlowModel, v: Tensor, dequantizer: nn.Module | None = None,
               generator: torch.Generator | None = None,
-              noise: Tensor | None = None) -> Tensor:
+              noise: Tensor | None = None, *, levels: int = LEVELS) -> Tensor:
     """Per-image ``-(log p(y) - log q(u | v))`` in nats ``[B]``: the negative dequantisation
-    ELBO of integer images ``v [B, C, H, W]`` under ``model``, a density on ``y`` in
-    ``[0, 1)^D``. ``bits_per_dim(image_nll(...), D)`` bounds ``-log2 P(v) / D`` from above."""
+    ELBO of integer images ``v [B, C, H, W]`` (``levels`` grey levels) under ``model``, a
+    density on ``y`` in ``[0, 1)^D``. ``bits_per_dim(image_nll(...), D, levels)`` bounds
+    ``-log2 P(v) / D`` from above."""
     dtype = module_dtype_device(model)[0] or torch.get_default_dtype()
-    y, log_q = dequantize(v, dequantizer, generator, noise)
+    y, log_q = dequantize(v, dequantizer, generator, noise, levels=levels)
     return -(model.log_prob(y.to(dtype)) - log_q.to(dtype))
 
 
 @torch.no_grad()
 def per_image_nll(model: FlowModel, images: Tensor, dequantizer: nn.Module | None = None, *,
-                  draws: int = 1, seed: int = 0, batch: int = 500) -> Tensor:
+                  draws: int = 1, seed: int = 0, batch: int = 500,
+                  levels: int = LEVELS) -> Tensor:
     """:func:`image_nll` of every image ``[N]`` (float64, nats, on the CPU), averaged over
     ``draws`` dequantisations with noise seeded by ``seed`` (same call, same numbers). Runs in
     eval mode and restores the previous modes."""
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}.")
-    check_pixels(images)
+    check_pixels(images, "images", levels)
     modules = [m for m in (model, dequantizer) if m is not None]
     modes = [m.training for m in modules]
     for m in modules:
@@ -134,7 +137,8 @@ def per_image_nll(model: FlowModel, images: Tensor, dequantizer: nn.Module | Non
         device = _device(model)
         total = torch.zeros(len(images), dtype=torch.float64)
         for _ in range(draws):
-            total += torch.cat([image_nll(model, part.to(device), dequantizer, g).double().cpu()
+            total += torch.cat([image_nll(model, part.to(device), dequantizer, g,
+                                          levels=levels).double().cpu()
                                 for part in images.split(batch)])
     finally:
         for m, mode in zip(modules, modes):
@@ -144,19 +148,22 @@ def per_image_nll(model: FlowModel, images: Tensor, dequantizer: nn.Module | Non
 
 def per_image_bits_per_dim(model: FlowModel, images: Tensor,
                            dequantizer: nn.Module | None = None, *, draws: int = 1,
-                           seed: int = 0, batch: int = 500) -> Tensor:
+                           seed: int = 0, batch: int = 500, levels: int = LEVELS) -> Tensor:
     """Bits/dim of every image ``[N]`` (float64): :func:`per_image_nll` converted with
     :func:`~nfcourse.data.images.bits_per_dim`. Lower means more likely under the model."""
-    nll = per_image_nll(model, images, dequantizer, draws=draws, seed=seed, batch=batch)
-    return bits_per_dim(nll, images[0].numel())  # type: ignore[return-value]
+    nll = per_image_nll(model, images, dequantizer, draws=draws, seed=seed, batch=batch,
+                        levels=levels)
+    return bits_per_dim(nll, images[0].numel(), levels)  # type: ignore[return-value]
 
 
 def evaluate_bits_per_dim(model: FlowModel, images: Tensor,
                           dequantizer: nn.Module | None = None, *, draws: int = 1,
-                          seed: int = 0, batch: int = 500) -> tuple[float, float]:
-    """Held-out bits/dim (mean over images of the per-image bound) and its standard error."""
+                          seed: int = 0, batch: int = 500,
+                          levels: int = LEVELS) -> tuple[float, float]:
+    """Held-out bits/dim (mean over images of the per-image bound) and its standard error;
+    ``levels`` as in :func:`image_nll`."""
     bits = per_image_bits_per_dim(model, images, dequantizer, draws=draws, seed=seed,
-                                  batch=batch)
+                                  batch=batch, levels=levels)
     return mean_se(bits)
 
 
@@ -171,11 +178,11 @@ class ImageELBO(nn.Module):
     """
 
     def __init__(self, model: FlowModel, dequantizer: nn.Module | None = None, *,
-                 eval_seed: int = 1, eval_batch: int = 500) -> None:
+                 eval_seed: int = 1, eval_batch: int = 500, levels: int = LEVELS) -> None:
         super().__init__()
         self.model = model
         self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
-        self.eval_seed, self.eval_batch = eval_seed, eval_batch
+        self.eval_seed, self.eval_batch, self.levels = eval_seed, eval_batch, levels
 
     def draw(self, data: Tensor, n: int, generator: torch.Generator,
              noise_generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -185,14 +192,14 @@ class ImageELBO(nn.Module):
 
     def loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         v, noise = batch
-        return image_nll(self.model, v, self.dequantizer, noise=noise).mean()
+        return image_nll(self.model, v, self.dequantizer, noise=noise, levels=self.levels).mean()
 
     def forward(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         return self.loss(batch)
 
     def evaluate(self, held_out: Tensor) -> float:
         return float(per_image_nll(self.model, held_out, self.dequantizer, seed=self.eval_seed,
-                                   batch=self.eval_batch).mean())
+                                   batch=self.eval_batch, levels=self.levels).mean())
 
     @torch.no_grad()
     def initialize_actnorms(self, images: Tensor, seed: int, n: int = 512) -> int:
@@ -202,7 +209,7 @@ class ImageELBO(nn.Module):
 
         g = torch.Generator().manual_seed(seed)
         idx = torch.randint(0, len(images), (min(n, len(images)),), generator=g)
-        y, _ = dequantize(images[idx], None, g)
+        y, _ = dequantize(images[idx], None, g, levels=self.levels)
         dtype, device = module_dtype_device(self.model)
         return initialize_actnorms(self.model, y.to(device, dtype))
 
