@@ -183,6 +183,18 @@ def _mnist_preset(args: argparse.Namespace, preset_name: str) -> dict[str, Any]:
     return preset
 
 
+def _mnist_split(full: bool, args: argparse.Namespace, command: str) -> Any:
+    """The MNIST split of ``--profile`` / ``--data-dir`` / ``--split-seed``, or ``None`` after
+    printing why it cannot be read (the caller exits with status 2)."""
+    from nfcourse.data.mnist import MnistError, mnist_train_test
+
+    try:
+        return mnist_train_test(full, args.data_dir, seed=args.split_seed)
+    except MnistError as err:
+        print(f"nfcourse {command}: error: {err}", file=sys.stderr)
+        return None
+
+
 def main_train_mnist(args: argparse.Namespace) -> int:
     """``python -m nfcourse train mnist``; under torchrun it joins the process group."""
     import os
@@ -192,7 +204,6 @@ def main_train_mnist(args: argparse.Namespace) -> int:
 
     from nfcourse.core.seeding import seed_everything
     from nfcourse.data.images import bits_per_dim
-    from nfcourse.data.mnist import MnistError, mnist_train_test
     from nfcourse.profiles import active_profile
     from nfcourse.training.engine import rank_and_world
     from nfcourse.training.images import (DIVERGENCE_BITS, export_image_model, mnist_run,
@@ -214,10 +225,8 @@ def main_train_mnist(args: argparse.Namespace) -> int:
     diverged = False
     try:
         rank, world = rank_and_world()
-        try:
-            data = mnist_train_test(profile.is_full, args.data_dir, seed=args.split_seed)
-        except MnistError as err:
-            print(f"nfcourse train mnist: error: {err}", file=sys.stderr)
+        data = _mnist_split(profile.is_full, args, "train mnist")
+        if data is None:
             return 2
         seed_everything(args.seed)
         run = mnist_run(preset_name, seed=args.seed, model=preset["model"],
@@ -293,7 +302,6 @@ def _train_classifier(args: argparse.Namespace) -> int:
     import torch
 
     from nfcourse.core.seeding import seed_everything
-    from nfcourse.data.mnist import MnistError, mnist_train_test
     from nfcourse.metrics.samples import ClassificationObjective, DigitClassifier, accuracy
     from nfcourse.profiles import active_profile
     from nfcourse.training.checkpoint import save_checkpoint
@@ -303,10 +311,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     profile = active_profile({"NFCOURSE_PROFILE": args.profile})
-    try:
-        data = mnist_train_test(profile.is_full, args.data_dir, seed=args.split_seed)
-    except MnistError as err:
-        print(f"nfcourse train classifier: error: {err}", file=sys.stderr)
+    data = _mnist_split(profile.is_full, args, "train classifier")
+    if data is None:
         return 2
     seed_everything(args.seed)
     classifier = DigitClassifier()
