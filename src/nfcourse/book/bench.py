@@ -1,7 +1,8 @@
 """Timing and profiling for the book: one home for every clock the chapters read.
 
 * :class:`Stopwatch` -- wall-clock and CPU time of one block (a training run, a solve).
-* :func:`median_seconds` -- the median time of a short call repeated many times.
+* :func:`median_seconds` -- the median time of a short call repeated many times
+  (:func:`one_thread` with ``clock=time.thread_time`` for a CPU-time reading).
 * :func:`alternate` / :func:`ratio` -- fair comparisons of competing implementations.
 * :func:`op_profile` / :func:`median_profiles` -- where the time goes, per group of operators.
 * :func:`block_trainer`, :func:`backward_pass`, :class:`Contender` -- the pieces the
@@ -259,6 +260,19 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
     """Median wall-clock seconds of ``repeats`` calls of ``fn``, each timed alone, after
     ``warmup`` untimed calls; for calls short enough that one reading would be noise."""
     return alternate({"fn": fn}, rounds=repeats, warmup=warmup, clock=clock)["fn"].median
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch thread (restored after), so that a CPU-time clock such as
+    ``time.thread_time`` measures the work itself: on one thread it does not count other
+    threads' time and does not advance while the process waits for the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_average() -> tuple[float, float, float]:
