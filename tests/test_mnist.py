@@ -370,3 +370,25 @@ def test_variational_dequantizer_with_gated_couplings_is_uniform_at_start(gen):
     _randomise(deq, gen)
     check_flow(deq.flow_given(v), e)
     assert len(deq.couplings) == 3 and deq.spec["couplings"] == 3
+
+
+def test_the_glow_preset_is_the_recipe_with_glow_steps():
+    from nfcourse.flows.glow import ActNorm, InvertibleConv1x1
+    from nfcourse.models import MNIST_GLOW
+    from nfcourse.training.images import mnist_run
+
+    torch.manual_seed(0)
+    glow_run, rnvp_run = mnist_run("glow"), mnist_run("pretrained")
+    assert glow_run.spec["name"] == "multiscale_glow" and glow_run.spec["kwargs"] == MNIST_GLOW
+    assert glow_run.spec["dequant_kwargs"] == rnvp_run.spec["dequant_kwargs"]
+    mixes = [m for m in glow_run.model.modules() if isinstance(m, InvertibleConv1x1)]
+    norms = [m for m in glow_run.model.modules() if isinstance(m, ActNorm)]
+    assert len(mixes) == len(norms) == 3 + 4            # one per Glow step, at both scales
+    assert not any(isinstance(m, (InvertibleConv1x1, ActNorm)) for m in rnvp_run.model.modules())
+    # the two differ by the Glow steps' own parameters only: the couplings are the same
+    extra = sum(p.numel() for m in mixes + norms for p in m.parameters())
+    count = lambda run: sum(p.numel() for p in run.model.parameters())   # noqa: E731
+    assert count(glow_run) - count(rnvp_run) == extra
+    # --model multiscale with the glow preset trains the RealNVP recipe, and the reverse
+    assert mnist_run("glow", model="multiscale").spec["name"] == "multiscale_realnvp"
+    assert mnist_run("pretrained", model="glow").spec["kwargs"] == MNIST_GLOW
