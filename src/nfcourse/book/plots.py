@@ -61,6 +61,40 @@ def plot_density(log_prob: Callable[[Tensor], Tensor], ax: Axes | None = None,
     return ax
 
 
+def plot_log_densities(log_probs: Sequence[Callable[[Tensor], Tensor]], titles: Sequence[str],
+                       axes: Sequence[Axes] | None = None,
+                       box: tuple[float, float, float, float] = MOONS_BOX, n: int = 100,
+                       floor: float = -10.0, cmap: str = "viridis") -> Sequence[Axes]:
+    """Heat maps of ``log p(x)`` for several 2-D densities on one shared colour scale.
+
+    Each ``log_probs[i]`` maps ``[B, 2] -> [B]`` (full normalising constants). The scale runs
+    from ``floor`` (nats; lower values get the bottom colour, marked by the colour bar's
+    pointed end) to the largest value over all panels, so equal colours mean equal densities
+    across panels and the tails, where a model leaks mass, stay visible. One colour bar serves
+    all panels. Returns the axes.
+    """
+    if len(log_probs) != len(titles) or not log_probs:
+        raise ValueError("plot_log_densities: need one title per density, and at least one.")
+    if axes is None:
+        _, axes = plt.subplots(1, len(log_probs), figsize=(4.6 * len(log_probs) + 1, 3.6),
+                               squeeze=False, layout="constrained")
+        axes = list(axes[0])
+    grids = [log_density_grid(lp, box, n) for lp in log_probs]
+    top = max(float(np.max(g[2])) for g in grids)
+    if not top > floor:
+        raise ValueError(f"plot_log_densities: every value is below the floor {floor}.")
+    mesh = None
+    for ax, (xs, ys, logp), title in zip(axes, grids, titles):
+        mesh = ax.pcolormesh(xs, ys, logp, shading="auto", cmap=cmap, vmin=floor, vmax=top)
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        ax.set_aspect("equal")
+        ax.set_title(title)
+    ax0 = axes[0]
+    ax0.figure.colorbar(mesh, ax=list(axes), label="log p(x) (nats)", extend="min")
+    return axes
+
+
 def plot_samples(points: Tensor | np.ndarray, ax: Axes | None = None, label: str | None = None,
                  box: tuple[float, float, float, float] | None = MOONS_BOX, s: float = 2.0,
                  alpha: float = 0.5, color: str | None = None, title: str | None = None) -> Axes:
@@ -122,7 +156,8 @@ def plot_samples_vs_data(samples: Tensor | np.ndarray, data: Tensor | np.ndarray
 
 def plot_layers(trajectory: Sequence[Tensor], color_by: Tensor | np.ndarray | None = None,
                 max_panels: int = 9, box: tuple[float, float, float, float] | None = None,
-                s: float = 2.0) -> np.ndarray:
+                s: float = 2.0, ncols: int | None = None,
+                titles: Sequence[str] | None = None, colorbar: bool = False) -> np.ndarray:
     """How points move layer by layer, latent to data.
 
     ``trajectory`` is the list ``[z, f1(z), f2(f1(z)), ...]`` of ``[N, 2]`` tensors that
@@ -130,28 +165,60 @@ def plot_layers(trajectory: Sequence[Tensor], color_by: Tensor | np.ndarray | No
     keep the colour given by ``color_by [N]`` (default: the angle of ``z``), so one can follow
     where each region of the Gaussian ends up. At most ``max_panels`` stages are shown,
     always including the first and the last. Returns the array of axes.
+
+    By default the panels form one row of small, unlabelled plots. With ``ncols`` they fill a
+    grid of that many columns at a readable size, with axis labels on the outer panels;
+    ``titles[k]`` (one per stage of ``trajectory``) replaces the default panel title of stage
+    ``k``; ``colorbar=True`` adds a colour key (the angle of ``z`` in radians, or the values
+    of ``color_by``).
     """
     n_stages = len(trajectory)
     if n_stages < 2:
         raise ValueError("plot_layers: need at least the input and one layer's output.")
+    if titles is not None and len(titles) != n_stages:
+        raise ValueError(f"plot_layers: {len(titles)} titles for {n_stages} stages.")
     pick = np.unique(np.linspace(0, n_stages - 1, min(max_panels, n_stages)).round().astype(int))
     z0 = trajectory[0].detach().cpu()
     colours = (torch.atan2(z0[:, 1], z0[:, 0]).numpy() if color_by is None else
                (color_by.detach().cpu().numpy() if isinstance(color_by, Tensor)
                 else np.asarray(color_by)))
-    fig, axes = plt.subplots(1, len(pick), figsize=(2.3 * len(pick), 2.6), sharex=True,
-                             sharey=True, squeeze=False)
-    for ax, k in zip(axes[0], pick):
+    if ncols is None:
+        fig, grid = plt.subplots(1, len(pick), figsize=(2.3 * len(pick), 2.6), sharex=True,
+                                 sharey=True, squeeze=False)
+        size, labelled = 9, False
+    else:
+        nrows = math.ceil(len(pick) / ncols)
+        fig, grid = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + (1.2 if colorbar else 0),
+                                                        3.3 * nrows), sharex=True, sharey=True,
+                                 squeeze=False, layout="constrained")
+        size, labelled = 11, True
+    axes = grid.reshape(-1)
+    points = None
+    for i, (ax, k) in enumerate(zip(axes, pick)):
         p = trajectory[k].detach().cpu().numpy()
-        ax.scatter(p[:, 0], p[:, 1], c=colours, s=s, cmap="twilight", alpha=0.7)
-        ax.set_title("z (base)" if k == 0 else f"after layer {k}", fontsize=9)
+        points = ax.scatter(p[:, 0], p[:, 1], c=colours, s=s, cmap="twilight", alpha=0.7)
+        default = "z (base)" if k == 0 else f"after layer {k}"
+        ax.set_title(default if titles is None else titles[k], fontsize=size)
         ax.set_aspect("equal")
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7 if not labelled else 9)
+        if labelled and i % grid.shape[1] == 0:
+            ax.set_ylabel("second coordinate")
+        if labelled and i >= len(pick) - grid.shape[1]:
+            ax.set_xlabel("first coordinate")
         if box is not None:
             ax.set_xlim(box[0], box[1])
             ax.set_ylim(box[2], box[3])
-    fig.tight_layout()
-    return axes[0]
+    for ax in axes[len(pick):]:
+        ax.set_visible(False)
+    if colorbar and points is not None:
+        bar = fig.colorbar(points, ax=list(axes[:len(pick)]), shrink=0.6)
+        if color_by is None:
+            bar.set_label("angle of z (rad)")
+            bar.set_ticks([-math.pi, -math.pi / 2, 0, math.pi / 2, math.pi],
+                          labels=["−π", "−π/2", "0", "π/2", "π"])
+    if ncols is None:
+        fig.tight_layout()
+    return axes[:len(pick)] if ncols is not None else grid[0]
 
 
 def errorbar_intervals(ax: Axes, x: Sequence[float], estimates: Sequence[float],
