@@ -62,9 +62,9 @@ def test_a_claim_without_its_chapter_is_not_checked_never_guessed(tmp_path):
 def test_the_table_follows_the_records(tmp_path):
     """Change a chapter's result: the audit's measured figure and verdict change with it."""
     claim = audit.claim(9)
-    _record(tmp_path / "07-jko.ipynb", {"lecture_jko_mean": 1 / 1.1})
-    assert claim.find(audit.Records(tmp_path)).verdict == "confirmed"
-    _record(tmp_path / "07-jko.ipynb", {"lecture_jko_mean": 1.0})
+    _record(tmp_path / "07-jko.ipynb", {"lecture_jko_mean": 1 / 1.1, "lecture_euler_mean": 0.9})
+    assert claim.find(audit.Records(tmp_path)).verdict == "correct to one digit"
+    _record(tmp_path / "07-jko.ipynb", {"lecture_jko_mean": 1.0, "lecture_euler_mean": 0.9})
     finding = claim.find(audit.Records(tmp_path))
     assert finding.verdict == "refuted" and "1.0000" in finding.measured
 
@@ -110,10 +110,12 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
     1: {audit.CH2: {"H": 1.0076, "real_nll": 1.0153, "protocol_test": 1.1423,
                     "lecture_floor": 1.6266, "train_se": 0.0237}},
     2: {audit.CH8: {"true_loglik": -1.0076, "flow_loglik": -1.0153, "flow_loglik_se": 0.005,
-                    "vae_elbo": -1.2369, "vae_iwae_max": -1.1597, "vae_kmax": 1000}},
+                    "vae_elbo": -1.2369, "vae_elbo_se": 0.02, "vae_iwae_max": -1.1597,
+                    "vae_kmax": 1000, "flow_minus_elbo": 0.242, "flow_minus_elbo_se": 0.004,
+                    "vae_n_test": 2000}},
     3: {audit.CH8: {"ood_accuracy": 0.9623, "ood_accuracy_lo": 0.9587,
                     "ood_accuracy_hi": 0.966, "ood_auroc": 0.993, "ood_small_acc": 0.8333,
-                    "ood_big_acc": 0.966}},
+                    "ood_big_acc": 0.966, "ood_n_in": 5000, "ood_n_out": 5000}},
     4: {audit.CH2: {"ms_per_100": 2.58}, audit.CH3: {"glow2d_ms": 5.02},
         audit.CH4: {"speed_d5_ms": 27.2}},
     5: {audit.CH3: {"claim5_flops": 614656, "claim5_ratio": 57831.0, "claim5_dense_ms": 141.9,
@@ -124,8 +126,11 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
                     "adj_direct_first": 18.3, "adj_direct_last": 146.0,
                     "adj_time_ratio_min": 1.43, "adj_time_ratio_max": 1.51,
                     "adj_nfe_ratio": 2.0}},
-    8: {audit.CH6: {"cond_err": 5e-16, "marg_err_10": 0.048, "marg_err_100": 0.0055}},
-    9: {audit.CH7: {"lecture_jko_mean": 1 / 1.1}},
+    8: {audit.CH6: {"cond_err": 5e-16, "marg_err_10": 0.048, "marg_err_100": 0.0055,
+                    "w2_noise_sd": 0.0052, "otcfm_w2_16": 0.1219, "otcfm_euler_w2_nfe32": 0.1219,
+                    "otcfm_w2_100": 0.1233, "icfm_w2_16": 0.1431,
+                    "icfm_euler_w2_nfe32": 0.1299, "icfm_w2_100": 0.1120}},
+    9: {audit.CH7: {"lecture_jko_mean": 1 / 1.1, "lecture_euler_mean": 0.9}},
     10: {audit.CH6: {"order_1rf": 1.01, "order_2rf": 0.95, "order_3rf": 0.91,
                      "err1_1rf": 1.04, "err1_3rf": 0.03}},
     11: {audit.CH2: {"depth_kl_2": 0.458, "depth_kl_4": 0.185, "depth_kl_8": 0.037,
@@ -135,7 +140,7 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
 #: The verdict on EVIDENCE with the lecture's numbers (as on the book's real records).
 BASELINE = {1: "refuted", 2: "refuted", 3: "holds only if", 4: "confirmed",
             5: "holds only if", 6: "confirmed", 7: "confirmed", 8: "holds only if",
-            9: "confirmed", 10: "refuted", 11: "holds only if"}
+            9: "correct to one digit", 10: "refuted", 11: "holds only if"}
 
 #: (what changes, changed evidence values, changed stated numbers, the verdict then).
 Mutation = tuple[str, dict[str, float], dict[str, float], str]
@@ -151,7 +156,10 @@ MUTATIONS: dict[int, list[Mutation]] = {
         ("evidence", {"ood_accuracy": 0.8, "ood_accuracy_lo": 0.79, "ood_accuracy_hi": 0.81,
                       "ood_big_acc": 0.85}, {}, "refuted"),
         ("stated", {}, {"acc_lo": 0.80}, "confirmed"),
-        ("stated", {}, {"acc_lo": 0.99, "acc_hi": 0.999}, "refuted")],
+        ("stated", {}, {"acc_lo": 0.99, "acc_hi": 0.999}, "refuted"),
+        # every box inside, but the range starts above the 5% threshold's ceiling of 97.5%
+        ("stated", {"ood_small_acc": 0.986, "ood_accuracy_lo": 0.98, "ood_accuracy_hi": 0.99,
+                    "ood_big_acc": 0.99}, {"acc_lo": 0.985, "acc_hi": 0.99}, "refuted")],
     # timings depend on the machine: the records' are within 2x of the lecture's, and a
     # faster machine (this morning's, 1.08 / 3.04 / 21.96 ms) makes them upper bounds only
     4: [("evidence", {"ms_per_100": 1.08, "glow2d_ms": 3.04, "speed_d5_ms": 21.96}, {},
@@ -170,9 +178,14 @@ MUTATIONS: dict[int, list[Mutation]] = {
         ("stated", {}, {"compute": 4}, "refuted"),
         ("stated", {}, {"memory_growth": 8.0}, "refuted")],
     8: [("evidence", {"cond_err": 0.01}, {}, "refuted"),
-        ("evidence", {"marg_err_10": 1e-15}, {}, "confirmed"),
-        ("stated", {"marg_err_100": 1e-13}, {"steps": 100}, "confirmed")],
+        ("evidence", {"marg_err_10": 1e-15}, {}, "holds only if"),      # I-CFM needs > 32
+        ("evidence", {"marg_err_10": 1e-15, "icfm_euler_w2_nfe32": 0.115}, {}, "confirmed"),
+        ("evidence", {"otcfm_euler_w2_nfe32": 0.2, "icfm_euler_w2_nfe32": 0.2}, {}, "refuted"),
+        ("stated", {}, {"lo": 1, "hi": 5}, "refuted"),                  # no swept count in 1-5
+        ("stated", {"marg_err_100": 1e-13}, {"steps": 100, "hi": 100}, "confirmed")],
     9: [("evidence", {"lecture_jko_mean": 0.96}, {}, "refuted"),
+        # no other scheme lands on the stated 0.9: it is the JKO mean rounded, nothing else
+        ("evidence", {"lecture_euler_mean": 0.95}, {}, "confirmed"),
         ("stated", {}, {"mean": 0.92}, "refuted"),
         ("stated", {}, {"mean": 0.909}, "confirmed")],
     10: [("evidence", {"order_2rf": 2.1, "order_3rf": 3.8}, {}, "confirmed"),
@@ -245,12 +258,33 @@ def test_why_texts_quote_the_stated_numbers_not_fixed_ones(tmp_path):
     assert "3.5" in why and "1.5" in why and "2.00" in why   # the stated gap
     assert "fewer than 12" in _verdict(tmp_path / "c", 11, stated_change={"k_min": 12}).why
     assert "7-20" in _verdict(tmp_path / "d", 11, stated_change={"k_min": 7}).why
+    assert "97.5%" in _verdict(tmp_path / "e", 3).why           # the protocol's ceiling
+    assert "90.0%" in _verdict(tmp_path / "f", 3, stated_change={"percent": 20}).why
+    assert "0.242" in _verdict(tmp_path / "g", 2).why             # the paired gap, read
+    assert "explicit Euler" in _verdict(tmp_path / "h", 9).why
+    assert "at 32 steps" in _verdict(tmp_path / "i", 8).why
+    assert "at 16 steps" in _verdict(tmp_path / "j", 8, stated_change={"hi": 20}).why
 
 
 @pytest.mark.parametrize("stated, half", [(0.9, 0.05), (1.0, 0.05), (1.2341, 0.00005),
                                           (600000, 50000), (2, 0.5), (10, 5), (1e-05, 5e-06)])
 def test_rounding_is_half_a_unit_of_the_last_printed_digit(stated, half):
     assert audit.rounding(stated) == pytest.approx(half)
+
+
+@pytest.mark.parametrize("stated, digits", [(0.9, 1), (1.0, 1), (1.2341, 5), (600000, 1),
+                                            (0.909, 3), (2.35, 3)])
+def test_significant_digits_read_like_rounding(stated, digits):
+    assert audit.significant_digits(stated) == digits
+
+
+def test_digits_verdicts_are_verdicts_and_nothing_else_is():
+    assert audit.digits_verdict(1) == "correct to one digit"
+    assert audit.digits_verdict(3) == "correct to three digits"
+    assert audit.is_verdict("correct to two digits") and audit.is_verdict("refuted")
+    assert not audit.is_verdict("correct to zero digits") and not audit.is_verdict("maybe")
+    with pytest.raises(ValueError, match="digits must be"):
+        audit.digits_verdict(0)
 
 
 # ---------------------------------------------------------------------------------------------

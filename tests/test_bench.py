@@ -259,5 +259,9 @@ def test_op_profile_counts_operators_and_flops_exactly():
     both = median_profiles({"mm": lambda: a @ b, "relu": lambda: torch.relu(a)}, runs=2)
     assert both["mm"].mflop == p.mflop and both["relu"].mflop == 0
     assert both["relu"].ms["activations"] > 0
+    for g in GROUPS:                                  # the median lies in the runs' range
+        low, high = both["mm"].ms_range[g]
+        assert low <= both["mm"].ms[g] <= high
+    assert p.ms_range == {}
     with pytest.raises(ValueError, match="runs"):
         median_profiles({"mm": lambda: a @ b}, runs=0)

@@ -38,7 +38,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -374,11 +374,17 @@ GROUPS = ("matrix products", "activations", "coupling arithmetic")
 
 @dataclass(frozen=True)
 class OpProfile:
-    """Per call: ``calls`` aten operators, ``mflop`` in matrix products, CPU ``ms`` per group."""
+    """Per call: ``calls`` aten operators, ``mflop`` in matrix products, CPU ``ms`` per group.
+
+    ``ms_range`` is, for a :func:`median_profiles` result, the ``(fastest, slowest)`` run's
+    time per group: how far one profile can be off at the machine's load. Empty for a single
+    :func:`op_profile`.
+    """
 
     calls: float
     mflop: float
     ms: dict[str, float]
+    ms_range: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -426,7 +432,8 @@ def op_profile(fn: Callable[[], object], reps: int = 3) -> OpProfile:
 
 def median_profiles(candidates: Mapping[str, Callable[[], object]], runs: int, reps: int = 2
                     ) -> dict[str, OpProfile]:
-    """:func:`op_profile` of each candidate ``runs`` times, in turn; the median time per group.
+    """:func:`op_profile` of each candidate ``runs`` times, in turn; the median time per group
+    and, in ``ms_range``, the fastest and slowest run's.
 
     Counts and FLOP are those of the first run (they are the same in every run).
     """
@@ -437,7 +444,9 @@ def median_profiles(candidates: Mapping[str, Callable[[], object]], runs: int, r
         for name, fn in candidates.items():
             results[name].append(op_profile(fn, reps))
     return {name: OpProfile(ps[0].calls, ps[0].mflop,
-                            {g: quartiles(p.ms[g] for p in ps)[1] for g in GROUPS})
+                            {g: quartiles(p.ms[g] for p in ps)[1] for g in GROUPS},
+                            {g: (min(p.ms[g] for p in ps), max(p.ms[g] for p in ps))
+                             for g in GROUPS})
             for name, ps in results.items()}
 
 
