@@ -163,3 +163,30 @@ def test_evaluate_ood_interval_matches_bootstrap_ci() -> None:
     val, a, b = rng.normal(0, 1, 300), rng.normal(0, 1, 300), rng.normal(-1, 1, 200)
     r = ood.evaluate_ood(val, a, b, n_boot=200, seed=7)
     assert r.auroc_ci == pytest.approx(ood.bootstrap_ci(ood._auroc, a, b, n_boot=200, seed=8))
+
+
+def test_resampling_the_validation_set_covers_the_threshold_noise() -> None:
+    from nfcourse.metrics.stats import bootstrap_interval
+    rng = np.random.default_rng(6)
+    val, a, b = rng.normal(0, 1, 40), rng.normal(0, 1, 2000), rng.normal(-2, 1, 2000)
+    fixed = ood.evaluate_ood(val, a, b, n_boot=300, seed=3)
+    refit = ood.evaluate_ood(val, a, b, n_boot=300, seed=3, resample_validation=True)
+    assert refit.accuracy == fixed.accuracy and refit.auroc_ci == fixed.auroc_ci
+    # 40 validation points make a noisy threshold: the interval that covers it is wider
+    assert refit.accuracy_ci[1] - refit.accuracy_ci[0] > \
+        1.5 * (fixed.accuracy_ci[1] - fixed.accuracy_ci[0])
+
+    def by_hand(v: np.ndarray, u: np.ndarray, w: np.ndarray) -> float:  # one replicate
+        t = np.percentile(v, 5)
+        return float(((u >= t).sum() + (w < t).sum()) / (len(u) + len(w)))
+    assert refit.accuracy_ci == pytest.approx(
+        bootstrap_interval(by_hand, val, a, b, n_boot=300, seed=3), abs=1e-12)
+
+
+def test_in_box_is_the_support_of_uniform_box() -> None:
+    box = ood.centred_box(1.0)
+    assert bool(ood.in_box(ood.uniform_box(500, box, seed=1), box).all())
+    far = torch.tensor([[0.5, 0.25], [1.6, 0.25], [0.5, -0.8], [1.5, 1.25]])
+    assert ood.in_box(far, box).tolist() == [True, False, False, True]
+    with pytest.raises(ValueError, match="n, 2"):
+        ood.in_box(torch.zeros(3), box)

@@ -176,3 +176,17 @@ def test_bad_inputs_raise_clear_errors() -> None:
         bound_curve(vae, torch.zeros(3, 2), ks=())
     with pytest.raises(ValueError, match="max_elements"):
         vae.iwae(torch.zeros(3, 2), 5, max_elements=0)
+
+
+def test_grid_log_prob_matches_the_linear_gaussian_closed_form() -> None:
+    from nfcourse.vae import grid_log_prob
+    vae, W, b, s2 = linear_vae(exact_posterior=False)    # the encoder plays no part
+    x = sample_linear(200, W, b, s2, seed=3)
+    truth = exact_log_p(x, W, b, s2)
+    assert torch.allclose(grid_log_prob(vae, x, nodes=200, rows=7), truth, atol=1e-8)
+    coarse = grid_log_prob(vae, x, nodes=6)               # too coarse: visibly wrong
+    assert (coarse - truth).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="latent must be 2"):
+        grid_log_prob(VAE(D, 3, hidden=8, depth=0), x.float())
+    with pytest.raises(ValueError, match="nodes"):
+        grid_log_prob(vae, x, nodes=1)
