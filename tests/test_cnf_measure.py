@@ -79,3 +79,46 @@ def test_time_sampling_reports_the_solvers_nfe_and_restores_it():
 def test_bad_repeats():
     with pytest.raises(ValueError, match="repeats"):
         measure_backward(lambda: torch.zeros(()), repeats=0)
+
+
+def test_probe_costs_one_vjp_is_one_field_evaluation_and_exact_is_d_of_them():
+    from nfcourse.book.measure import probe_costs
+    from nfcourse.nn import VelocityMLP
+    torch.manual_seed(0)
+    field = VelocityMLP(5, 16, 2, "tanh", frequencies=0, time_in_output=True)
+    cost = probe_costs(field, torch.randn(32, 5), rounds=2, repeat=1)
+    assert cost.dim == 5 and cost.field_flops > 0
+    assert cost.vjp_flops == cost.field_flops            # products with the transposed weights
+    assert cost.exact_flops == 5 * cost.vjp_flops        # one per dimension
+    assert cost.vjp_seconds > 0 and cost.exact_seconds > 0 and cost.field_seconds > 0
+
+
+def test_parameter_gradient_adjoint_agrees_with_direct_and_restores_the_model():
+    from nfcourse.book.measure import parameter_gradient, reconstruction_error
+    torch.manual_seed(0)
+    model = CNF(2, hidden=16, layers=2, train_divergence="exact")
+    torch.nn.init.normal_(model.cflow.field.out.weight, std=0.3)
+    model.eval()
+    x = torch.randn(32, 2)
+    solver = model.cflow.train_solver
+    fine = SolverSpec("rk4", steps=32, backend="torchdiffeq")
+    direct = parameter_gradient(model, x, fine)
+    adjoint = parameter_gradient(model, x, SolverSpec("rk4", steps=32, adjoint=True,
+                                                      backend="torchdiffeq"))
+    coarse = parameter_gradient(model, x, SolverSpec("rk4", steps=1, adjoint=True,
+                                                     backend="torchdiffeq"))
+    assert direct.shape == (sum(p.numel() for p in model.parameters()),)
+    assert not model.training and model.cflow.train_solver is solver
+    assert model.cflow.nfe_history == [] and all(p.grad is None for p in model.parameters())
+    assert (adjoint - direct).norm() < 1e-4 * direct.norm()
+    assert (coarse - direct).norm() > 10 * (adjoint - direct).norm()
+    model.zero_grad()
+    model.train()
+    model.cflow.train_solver = fine
+    model.nll(x).backward()
+    manual = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert torch.allclose(manual, direct, atol=1e-6)
+    from nfcourse.book.measure import relative_difference
+    assert relative_difference(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 4.0])) == 0.75
+    assert reconstruction_error(model.cflow, x, fine) < 1e-4
+    assert reconstruction_error(model.cflow, x, SolverSpec("euler", steps=2)) > 1e-3

@@ -19,10 +19,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from nfcourse.book.bench import Stopwatch
-from nfcourse.flows.continuous import CNF
+from nfcourse.book.bench import Stopwatch, alternate
+from nfcourse.flows.continuous import CNF, ContinuousFlow
+from nfcourse.ode.divergence import divergence_exact
 from nfcourse.ode.solvers import SolverSpec
 
 
@@ -210,3 +212,122 @@ def time_sampling(model: CNF, spec: SolverSpec, n: int = 100, repeats: int = 15,
         nfe = model.cflow.last_nfe
     return 1000 * min(statistics.median(walls), statistics.median(cpus)), nfe
 
+
+
+def parameter_gradient(model: CNF, x: Tensor, spec: SolverSpec) -> Tensor:
+    """The gradient of ``model.nll(x)`` with respect to all parameters, flattened: ``[P]``.
+
+    The model is put in training mode and its training solver set to ``spec`` (with
+    ``spec.adjoint`` the gradient comes from the adjoint's backward solve, otherwise from
+    backpropagating through the forward solve); mode, solver, the NFE history and the
+    parameters' ``.grad`` are restored afterwards.
+    """
+    flow = model.cflow
+    saved = (flow.train_solver, model.training, len(flow.nfe_history))
+    old_grads = [p.grad for p in model.parameters()]
+    model.train()
+    flow.train_solver = spec
+    try:
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(model.nll(x), params, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                          for p, g in zip(params, grads)]).detach()
+    finally:
+        flow.train_solver = saved[0]
+        model.train(saved[1])
+        del flow.nfe_history[saved[2]:]
+        for p, g in zip(model.parameters(), old_grads):
+            p.grad = g
+
+
+def relative_difference(a: Tensor, b: Tensor) -> float:
+    """``|a - b| / |b|`` in the Euclidean norm (``a``, ``b`` of one shape; ``b`` the reference)."""
+    return ((a - b).norm() / b.norm()).item()
+
+
+def reconstruction_error(flow: ContinuousFlow, x: Tensor, spec: SolverSpec) -> float:
+    """``max |forward(inverse(x)) - x|`` with the points alone integrated by ``spec``.
+
+    ``x`` (``[B, D]``, data) is moved to noise (``T -> 0``) and back (``0 -> T``). The
+    adjoint method needs the trajectory during its backward solve and, instead of storing it,
+    re-integrates the ODE in the other direction from where the forward solve ended; this is
+    the error of that reconstruction at the far end (exactly so for a fixed-step solver; for an
+    adaptive one the adjoint's own step choice, made for the augmented system, differs).
+    """
+    with torch.no_grad(), flow.override(solver=spec):
+        back = flow.transport(flow.transport(x, to_data=False), to_data=True)
+    return (back - x).abs().max().item()
+
+
+def matmul_flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call of ``fn``, as counted by PyTorch's
+    ``FlopCounterMode`` (matrix products and convolutions; element-wise work is not counted).
+
+    Tensors that need gradients and are fed to an ``nn.Module`` inside ``fn`` must not be
+    leaves if ``fn`` calls ``torch.autograd.grad`` (a limitation of the counter's module
+    hooks); use ``x.detach().requires_grad_() * 1.0``.
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+@dataclass(frozen=True)
+class ProbeCost:
+    """What the divergence costs at one evaluation of a field ``v(t, x)`` on a batch ``[B, D]``.
+
+    ``*_flops``: counted by :func:`matmul_flops`; ``*_seconds``: median time over the rounds.
+    ``field``: the evaluation ``v = field(t, x)`` itself; ``vjp``: one vector-Jacobian product
+    ``e^T dv/dx`` (Hutchinson's estimator, one probe); ``exact``: the exact diagonal, ``D``
+    vector-Jacobian products (:func:`~nfcourse.ode.divergence.divergence_exact`). The last two
+    exclude the field evaluation they start from.
+    """
+
+    dim: int
+    field_flops: int
+    vjp_flops: int
+    exact_flops: int
+    field_seconds: float
+    vjp_seconds: float
+    exact_seconds: float
+
+    @property
+    def vjp_per_field(self) -> float:
+        """Time of one vector-Jacobian product in field evaluations."""
+        return self.vjp_seconds / self.field_seconds
+
+    @property
+    def exact_per_vjp(self) -> float:
+        """Time of the exact divergence in Hutchinson probes."""
+        return self.exact_seconds / self.vjp_seconds
+
+
+def probe_costs(field: nn.Module, x: Tensor, t: float = 0.5, rounds: int = 11,
+                repeat: int = 5) -> ProbeCost:
+    """Count and time one field evaluation, one Hutchinson probe and the exact divergence.
+
+    ``field(t, x)`` maps ``[B, D] -> [B, D]``; the probe is a fixed Rademacher vector per
+    sample. Times use :func:`~nfcourse.book.bench.alternate` (the fastest of ``repeat`` calls
+    per round, the median over ``rounds``).
+    """
+    if x.dim() != 2:
+        raise ValueError(f"probe_costs: expected x of shape [B, D], got {list(x.shape)}.")
+    xs = x.detach().requires_grad_(True) * 1.0   # not a leaf: see matmul_flops
+    tt = torch.tensor(float(t), dtype=x.dtype)
+    probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)
+                          ).to(x.dtype) * 2 - 1
+    v = field(tt, xs)
+
+    def vjp() -> object:
+        return torch.autograd.grad(v, xs, probe, retain_graph=True)
+
+    def exact() -> object:
+        return divergence_exact(v, xs)
+
+    def evaluate() -> object:
+        return field(tt, xs)   # with its graph, as inside a CNF's solve
+
+    flops = [matmul_flops(fn) for fn in (evaluate, vjp, exact)]
+    times = alternate({"field": evaluate, "vjp": vjp, "exact": exact}, rounds=rounds,
+                      repeat=repeat, reduce="min")
+    return ProbeCost(x.shape[1], *flops, *(times[k].median for k in ("field", "vjp", "exact")))
