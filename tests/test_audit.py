@@ -121,11 +121,14 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
     5: {audit.CH3: {"claim5_flops": 614656, "claim5_ratio": 57831.0, "claim5_dense_ms": 141.9,
                     "claim5_coupling_us": 2.45}},
     6: {audit.CH4: {"hut_trace": -1.5083, "hut_rademacher_mean": -1.5063,
-                    "hut_rademacher_se": 0.0055, "lec_mean": 0.003, "lin_trA": 0.3}},
+                    "hut_rademacher_se": 0.0055, "lec_mean": 0.003, "lin_trA": 0.3,
+                    "probe_exact_flops_ratio_128": 128.0, "probe_vjp_flops_ratio": 1.0,
+                    "probe_vjp_time_min": 0.57, "probe_vjp_time_max": 0.67}},
     7: {audit.CH4: {"adj_adjoint_first": 1.18, "adj_adjoint_last": 1.18,
                     "adj_direct_first": 18.3, "adj_direct_last": 146.0,
                     "adj_time_ratio_min": 1.43, "adj_time_ratio_max": 1.51,
-                    "adj_nfe_ratio": 2.0}},
+                    "adj_nfe_ratio": 2.0, "adj_grad_diff_rk4": 0.058,
+                    "adj_grad_diff_rk16": 2.5e-4}},
     8: {audit.CH6: {"cond_err": 5e-16, "marg_err_10": 0.048, "marg_err_100": 0.0055,
                     "w2_noise_sd": 0.0052, "otcfm_w2_16": 0.1219, "otcfm_euler_w2_nfe32": 0.1219,
                     "otcfm_w2_100": 0.1233, "icfm_w2_16": 0.1431,
@@ -139,7 +142,7 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
 
 #: The verdict on EVIDENCE with the lecture's numbers (as on the book's real records).
 BASELINE = {1: "refuted", 2: "refuted", 3: "holds only if", 4: "confirmed",
-            5: "holds only if", 6: "confirmed", 7: "confirmed", 8: "holds only if",
+            5: "holds only if", 6: "holds only if", 7: "confirmed", 8: "holds only if",
             9: "correct to one digit", 10: "refuted", 11: "holds only if"}
 
 #: (what changes, changed evidence values, changed stated numbers, the verdict then).
@@ -172,7 +175,10 @@ MUTATIONS: dict[int, list[Mutation]] = {
         ("stated", {}, {"ratio": 600}, "refuted"),
         ("stated", {"claim5_ratio": 614656.0}, {"ratio": 600000}, "confirmed")],
     6: [("evidence", {"hut_rademacher_mean": -1.40}, {}, "refuted"),
-        ("stated", {}, {"bias": 0.1}, "refuted")],
+        ("evidence", {"probe_exact_flops_ratio_128": 64.0}, {}, "refuted"),   # saves D/2 only
+        ("evidence", {"probe_vjp_flops_ratio": 3.0}, {}, "refuted"),   # a probe: 3 evaluations
+        ("stated", {}, {"bias": 0.1}, "refuted"),
+        ("stated", {}, {"saving_power": 2}, "refuted")],                   # "O(D^3) vs O(D)"
     7: [("evidence", {"adj_adjoint_last": 9.4}, {}, "refuted"),
         ("evidence", {"adj_time_ratio_max": 3.2}, {}, "holds only if"),
         ("stated", {}, {"compute": 4}, "refuted"),
