@@ -333,9 +333,10 @@ def test_the_packaged_snapshot_gives_the_books_audit_without_a_clone(tmp_path, m
 
 def test_the_snapshot_holds_only_what_the_claims_read(tmp_path):
     chapters = _fake_book(tmp_path)
-    _record(tmp_path / "07-jko.ipynb", {"lecture_jko_mean": 1 / 1.1, "unread": 3.0})
+    _record(tmp_path / "07-jko.ipynb", {"lecture_jko_mean": 1 / 1.1, "lecture_euler_mean": 0.9,
+                                        "unread": 3.0})
     data = audit.snapshot(chapters)
-    assert data["chapters"]["07-jko"] == {"lecture_jko_mean": 1 / 1.1}
+    assert data["chapters"]["07-jko"] == {"lecture_jko_mean": 1 / 1.1, "lecture_euler_mean": 0.9}
     assert data["inputs"] == audit.inputs_fingerprint(chapters)
     json.dumps(data)  # plain JSON
 
@@ -346,12 +347,13 @@ def test_a_stale_or_missing_snapshot_is_reported_with_the_fix(tmp_path):
     assert "missing" in audit.snapshot_problem(chapters, snap)
     audit.write_snapshot(chapters, snap)
     assert audit.snapshot_problem(chapters, snap) is None
-    _record(chapters / "07-jko.ipynb", {"lecture_jko_mean": 0.95})
+    _record(chapters / "07-jko.ipynb", {"lecture_jko_mean": 0.95, "lecture_euler_mean": 0.9})
     problem = audit.snapshot_problem(chapters, snap)
     assert "07-jko:lecture_jko_mean" in problem and audit.SNAPSHOT_COMMAND in problem
     # A glued value no claim reads still changes the inputs fingerprint the page glues.
     audit.write_snapshot(chapters, snap)
-    _record(chapters / "07-jko.ipynb", {"lecture_jko_mean": 0.95, "unread": 1.0})
+    _record(chapters / "07-jko.ipynb", {"lecture_jko_mean": 0.95, "lecture_euler_mean": 0.9,
+                                        "unread": 1.0})
     problem = audit.snapshot_problem(chapters, snap)
     assert "fingerprint" in problem and audit.SNAPSHOT_COMMAND in problem
     snap.write_text("{not json")
