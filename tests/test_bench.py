@@ -265,3 +265,58 @@ def test_op_profile_counts_operators_and_flops_exactly():
     assert p.ms_range == {}
     with pytest.raises(ValueError, match="runs"):
         median_profiles({"mm": lambda: a @ b}, runs=0)
+
+
+def test_alternate_records_wall_time_and_load_beside_its_clock():
+    from nfcourse.book.bench import alternate, ratio
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    t = alternate({"a": lambda: setattr(clock, "now", clock.now + 2.0),
+                   "b": lambda: setattr(clock, "now", clock.now + 1.0)},
+                  rounds=3, warmup=0, clock=clock)
+    assert t["a"].per_call == (2.0, 2.0, 2.0)
+    assert len(t["a"].wall) == len(t["a"].load) == 3
+    assert all(w >= 0 for w in t["a"].wall)
+    assert ratio(t, "a", "b").median == 2.0
+    assert len(ratio(t, "a", "b", wall=True).per_round) == 3
+    with pytest.raises(ValueError, match="none recorded"):
+        ratio({"a": Timing("a", (1.0,)), "b": Timing("b", (1.0,))}, "a", "b", wall=True)
+
+
+def test_over_seeds_needs_three_seeds_and_reports_quartiles():
+    from nfcourse.book.bench import over_seeds
+
+    s = over_seeds(lambda seed: float(seed), [0, 1, 2, 3, 4])
+    assert (s.q25, s.median, s.q75) == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match=">= 3 seeds"):
+        over_seeds(lambda seed: 0.0, [0, 1])
+
+
+def test_peak_memory_sees_what_is_held_at_once():
+    from nfcourse.book.bench import peak_memory
+
+    def two_then_one():
+        a = torch.ones(1_000_000)           # 4 MB
+        b = torch.ones(500_000)             # 2 MB, both alive: 6 MB
+        del a
+        c = torch.ones(250_000)             # 3 MB alive at most after a is freed
+        return b, c
+
+    assert peak_memory(two_then_one) == pytest.approx(6e6, rel=0.01)
+
+    def chain(n: int):
+        def run():
+            x = torch.randn(1000, 100, requires_grad=True)
+            y = x
+            for _ in range(n):
+                y = torch.tanh(y)          # each output is kept for the backward pass
+            y.sum().backward()
+        return run
+    # the kept activations grow with the depth: 10 more layers keep ~10 x 400 kB more
+    assert peak_memory(chain(20)) - peak_memory(chain(10)) == pytest.approx(4e6, rel=0.1)

@@ -8,6 +8,7 @@ import platform
 
 import torch
 
+from nfcourse.core.allocator import keep_freed_memory
 from nfcourse.core.seeding import seed_everything
 from nfcourse.profiles import Profile, active_profile
 
@@ -19,9 +20,12 @@ def setup(seed: int = 0, threads: int = 2) -> Profile:
     """Seed everything, fix the CPU thread count and plot style, return the active profile.
 
     Two threads is what the CI machine has; a fixed count keeps CPU results reproducible.
+    Freed memory is kept in the process (:func:`nfcourse.core.allocator.keep_freed_memory`),
+    which changes no result, only speed.
     """
     seed_everything(seed)
     torch.set_num_threads(threads)
+    keep_freed_memory()  # large temporaries reuse freed memory instead of page-faulting
     os.environ.setdefault("TQDM_DISABLE", "1" if os.environ.get("CI") else "0")
     import matplotlib
 

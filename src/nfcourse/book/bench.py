@@ -92,11 +92,20 @@ class Timing:
     """Seconds per call of one candidate, one entry per round (``per_call[i]`` is round ``i``).
 
     ``units`` is how many items one call handles (samples, points, steps), for rates.
+    ``per_call`` is read from the clock :func:`alternate` was given (CPU time with
+    :data:`CPU_CLOCK`); ``wall`` is the wall-clock time of the same measurements, and ``load``
+    the 1-minute load average after each round (both empty when not recorded).
     """
 
     name: str
     per_call: tuple[float, ...]
     units: int = 1
+    wall: tuple[float, ...] = ()
+    load: tuple[float, ...] = ()
+
+    @property
+    def wall_median(self) -> float:
+        return quartiles(self.wall)[1] if self.wall else math.nan
 
     @property
     def median(self) -> float:
@@ -152,6 +161,11 @@ class Ratio:
                 f"(IQR {self.q25:.2f}-{self.q75:.2f}, {len(self.per_round)} rounds)")
 
 
+#: The clock the performance appendix times with: CPU time of the calling thread. With one
+#: torch thread it counts the work and not the time another process held the core.
+CPU_CLOCK: Callable[[], float] = time.thread_time
+
+
 def _fmt_s(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"
@@ -182,7 +196,10 @@ def alternate(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 1
             ``torch.cuda.synchronize``); ``None`` for CPU work.
         after: ``after(name, round)`` is called, untimed, after each timed measurement (e.g.
             to evaluate a model being trained in timed blocks); ``round`` counts from 0.
-        clock: the clock, seconds as a float (replaceable in tests).
+        clock: the clock, seconds as a float (replaceable in tests): :data:`CPU_CLOCK` for
+            the CPU time of this thread (with one torch thread, the work itself: it does not
+            advance while another process has the core), ``time.perf_counter`` for wall time.
+            The wall time of every measurement is recorded too (:attr:`Timing.wall`).
     Returns:
         name -> :class:`Timing`, in the order of ``candidates``.
     """
@@ -197,39 +214,49 @@ def alternate(candidates: Mapping[str, Callable[[], object]], *, rounds: int = 1
     unit_of = ({n: int(units) for n in names} if isinstance(units, int)
                else {n: int(units[n]) for n in names})
     times: dict[str, list[float]] = {n: [] for n in names}
+    walls: dict[str, list[float]] = {n: [] for n in names}
+    loads: list[float] = []
     for r in range(warmup + rounds):
         start_at = r % len(names)
         for name in names[start_at:] + names[:start_at]:
             fn = candidates[name]
             if reduce == "mean":
-                t0 = clock()
+                w0, t0 = time.perf_counter(), clock()
                 for _ in range(repeat):
                     fn()
                 if sync is not None:
                     sync()
-                elapsed = (clock() - t0) / repeat
+                elapsed, wall = (clock() - t0) / repeat, (time.perf_counter() - w0) / repeat
             else:
-                elapsed = math.inf
+                elapsed = wall = math.inf
                 for _ in range(repeat):
-                    t0 = clock()
+                    w0, t0 = time.perf_counter(), clock()
                     fn()
                     if sync is not None:
                         sync()
                     elapsed = min(elapsed, clock() - t0)
+                    wall = min(wall, time.perf_counter() - w0)
             if r >= warmup:
                 times[name].append(elapsed)
+                walls[name].append(wall)
                 if after is not None:
                     after(name, r - warmup)
-    return {n: Timing(n, tuple(times[n]), unit_of[n]) for n in names}
+        if r >= warmup:
+            loads.append(load_average()[0])
+    return {n: Timing(n, tuple(times[n]), unit_of[n], tuple(walls[n]), tuple(loads))
+            for n in names}
 
 
-def ratio(timings: Mapping[str, Timing], numerator: str, denominator: str) -> Ratio:
-    """Per-round ratios ``time(numerator) / time(denominator)`` of two timed candidates."""
+def ratio(timings: Mapping[str, Timing], numerator: str, denominator: str, *,
+          wall: bool = False) -> Ratio:
+    """Per-round ratios ``time(numerator) / time(denominator)`` of two timed candidates
+    (``wall=True``: of their wall-clock times instead of the clock :func:`alternate` used)."""
     a, b = timings[numerator], timings[denominator]
-    if len(a.per_call) != len(b.per_call):
+    ta_all, tb_all = (a.wall, b.wall) if wall else (a.per_call, b.per_call)
+    if len(ta_all) != len(tb_all) or not ta_all:
         raise ValueError(f"ratio: {numerator} and {denominator} have different numbers of "
-                         "rounds; time them together with alternate().")
-    pairs = list(zip(a.per_call, b.per_call))
+                         "rounds (or none recorded); time them together with alternate().")
+    pairs = list(zip(ta_all, tb_all))
     if not all(math.isfinite(ta) and math.isfinite(tb) and ta > 0 and tb > 0
                for ta, tb in pairs):
         raise ValueError("ratio: a timing was zero or not finite.")
@@ -237,9 +264,11 @@ def ratio(timings: Mapping[str, Timing], numerator: str, denominator: str) -> Ra
     return Ratio(numerator, denominator, per_round)
 
 
-def ratios_to(timings: Mapping[str, Timing], reference: str) -> dict[str, Ratio]:
+def ratios_to(timings: Mapping[str, Timing], reference: str, *, wall: bool = False
+              ) -> dict[str, Ratio]:
     """``time(other) / time(reference)`` for every other candidate (above 1: reference faster)."""
-    return {name: ratio(timings, name, reference) for name in timings if name != reference}
+    return {name: ratio(timings, name, reference, wall=wall) for name in timings
+            if name != reference}
 
 
 def format_ratios(title: str, ratios: Mapping[str, Ratio]) -> str:
@@ -499,3 +528,63 @@ def backward_pass(module: nn.Module, loss: Callable[[], Tensor]) -> Callable[[],
         module.zero_grad(set_to_none=True)
         loss().backward()
     return run
+
+
+# --------------------------------------------------------------------------- seeds, memory
+
+@dataclass(frozen=True)
+class Spread:
+    """One quantity measured once per seed: its median and interquartile range over seeds."""
+
+    values: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return quartiles(self.values)[1]
+
+    @property
+    def q25(self) -> float:
+        return quartiles(self.values)[0]
+
+    @property
+    def q75(self) -> float:
+        return quartiles(self.values)[2]
+
+    def __str__(self) -> str:
+        return (f"median {self.median:.4g} (IQR {self.q25:.4g}-{self.q75:.4g}, "
+                f"{len(self.values)} seeds)")
+
+
+def over_seeds(measure: Callable[[int], float], seeds: Iterable[int]) -> Spread:
+    """``measure(seed)`` for every seed (a quality needs at least 3 to show its spread).
+
+    Raises:
+        ValueError: with fewer than 3 seeds.
+    """
+    seeds = list(seeds)
+    if len(seeds) < 3:
+        raise ValueError(f"over_seeds: a comparison of quality needs >= 3 seeds, got {seeds}.")
+    return Spread(tuple(float(measure(s)) for s in seeds))
+
+
+def peak_memory(fn: Callable[[], object]) -> float:
+    """Peak bytes of CPU tensor memory that ``fn()`` holds at once, above what was allocated
+    before it started.
+
+    Read from ``torch.profiler``'s memory events: each operator's allocations minus its frees,
+    summed in the order the operators started; the peak of that running sum. Memory that one
+    operator allocates and frees inside itself is not seen, which for the passes measured here
+    (the activations a backward pass keeps) is what matters.
+    """
+    with quiet_stderr(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0 or
+                     e.name == "[memory]"), key=lambda e: e.time_range.start)
+    running = peak = 0.0
+    for e in events:
+        if e.cpu_parent is not None:
+            continue  # a child's memory is already in its top-level parent's total
+        running += e.cpu_memory_usage
+        peak = max(peak, running)
+    return peak

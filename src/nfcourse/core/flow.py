@@ -13,7 +13,7 @@ is one line: ``log p(x) = log p_Z(z) + logdet_inverse``. Subclasses implement ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +34,8 @@ def as_event_shape(event_shape: int | Sequence[int] | None) -> EventShape | None
 
 def sum_except_batch(t: Tensor) -> Tensor:
     """Sum over every dimension but the first: ``[B, ...] -> [B]`` (``B = 0`` included)."""
+    if t.dim() == 2:
+        return t.sum(dim=1)  # the common case of vectors: no reshape needed
     # an explicit size, not -1: reshape cannot infer -1 from an empty batch
     return t.reshape(t.shape[0], math.prod(t.shape[1:])).sum(dim=1)
 
@@ -85,6 +87,17 @@ class Flow(nn.Module):
                             dtype=dtype, device=device)
 
 
+def _chain(flows: Iterable[nn.Module], v: Tensor, direction: str) -> tuple[Tensor, Tensor]:
+    """Run ``flows`` in the given order, one direction, summing the log-dets (``[B]``)."""
+    total: Tensor | None = None
+    for f in flows:
+        v, ld = getattr(f, direction)(v)
+        # the first log-det starts the sum: no zeros tensor and one addition fewer
+        total = ld if total is None else total + ld
+    assert total is not None  # Compose refuses an empty list
+    return v, total
+
+
 class Compose(Flow):
     """Apply flows one after another in the forward direction; log-dets add.
 
@@ -108,18 +121,10 @@ class Compose(Flow):
         self.flows = nn.ModuleList(flows)
 
     def _forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        total = z.new_zeros(z.shape[0])
-        for f in self.flows:
-            z, ld = f._forward(z)
-            total = total + ld
-        return z, total
+        return _chain(self.flows, z, "_forward")
 
     def _inverse(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        total = x.new_zeros(x.shape[0])
-        for f in reversed(self.flows):
-            x, ld = f._inverse(x)
-            total = total + ld
-        return x, total
+        return _chain(reversed(self.flows), x, "_inverse")
 
     def trajectory(self, z: Tensor) -> list[Tensor]:
         """Points after each layer in the forward direction: ``[z, f1(z), f2(f1(z)), ...]``."""

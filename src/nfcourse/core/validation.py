@@ -9,6 +9,7 @@ user, ``FlowModel.log_prob`` ...); layers inside a composition are not re-checke
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 from collections.abc import Iterator, Sequence
 
@@ -100,7 +101,8 @@ def check_count(n: object, name: str = "n", what: str = "number of samples") -> 
 
 def module_dtype_device(module: torch.nn.Module) -> tuple[torch.dtype | None, torch.device | None]:
     """The dtype and device of a module's first floating parameter or buffer, if it has one."""
-    for t in list(module.parameters()) + list(module.buffers()):
+    # lazily: the first floating tensor ends the walk (this runs at every validated call)
+    for t in itertools.chain(module.parameters(), module.buffers()):
         if t.is_floating_point():
             return t.dtype, t.device
     return None, None
