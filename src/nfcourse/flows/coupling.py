@@ -389,8 +389,7 @@ class AffineCoupling(Flow):
         free = self.partition.free(z)
         if s is None:
             return self.partition.merge(z, free + t), z.new_zeros(z.shape[0])
-        # one fused kernel for free * exp(s) + t
-        return self.partition.merge(z, torch.addcmul(t, free, torch.exp(s))), sum_except_batch(s)
+        return self.partition.merge(z, free * torch.exp(s) + t), sum_except_batch(s)
 
     def _inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         s, t = self._scale_shift(x, context)
