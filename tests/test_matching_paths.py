@@ -182,3 +182,109 @@ def test_lecture_path_defects():
     torch.testing.assert_close(lecture_path_velocity(x1, e), fd, atol=1e-7, rtol=1e-7)
     target = lecture_target(x1, lecture_path(x1, e, s), s)
     assert float((target - fd).abs().max()) > 1.0                      # not the path's velocity
+
+
+# ------------------------------------------------------------------ the joint draw of training
+
+DRAW_PATHS = [StraightPath(), LinearPath(0.0), LinearPath(0.05), VPPath()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+@pytest.mark.parametrize("path", DRAW_PATHS, ids=repr)
+def test_sample_and_velocity_equals_sample_then_velocity(path, dtype):
+    x0, x1 = (v.to(dtype) for v in _pairs(256))
+    g = torch.Generator().manual_seed(4)
+    times = [torch.rand(256, generator=g, dtype=dtype), torch.tensor(0.3, dtype=dtype),
+             torch.rand(256, generator=g).double().to(dtype), 0.0, 0.7, 1.0]
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-13, rtol=0)
+    for t in times:
+        xt, ut = path.sample_and_velocity(x0, x1, t)
+        assert xt.dtype == ut.dtype == dtype and xt.shape == ut.shape == x0.shape
+        torch.testing.assert_close(xt, path.sample(x0, x1, t), **tol)
+        torch.testing.assert_close(ut, path.velocity(x0, x1, t), **tol)
+
+
+def test_sample_and_velocity_vp_and_straight_ends_are_exact():
+    x0, x1 = _pairs()
+    t = torch.rand(64, generator=torch.Generator().manual_seed(2), dtype=F64)
+    xt, ut = VPPath().sample_and_velocity(x0, x1, t)   # same arithmetic as the two calls
+    assert torch.equal(xt, VPPath().sample(x0, x1, t))
+    assert torch.equal(ut, VPPath().velocity(x0, x1, t))
+    for end, want in ((0.0, x0), (1.0, x1)):
+        assert torch.equal(StraightPath().sample_and_velocity(x0, x1, end)[0], want)
+        assert torch.equal(StraightPath().sample_and_velocity(
+            x0, x1, torch.full((64,), end, dtype=F64))[0], want)
+
+
+def test_sample_and_velocity_bad_inputs_raise_when_validation_is_on():
+    from nfcourse.core.validation import validation
+    x0, x1 = _pairs()
+    p = StraightPath()
+    for bad in (1.5, -0.1, float("nan"), torch.tensor([0.5] * 63 + [float("nan")], dtype=F64),
+                torch.tensor([0.5] * 63 + [float("inf")], dtype=F64),
+                torch.linspace(-0.2, 0.9, 64, dtype=F64)):
+        with pytest.raises(ValueError, match=r"sample_and_velocity: times must lie in \[0, 1\]"):
+            p.sample_and_velocity(x0, x1, bad)
+    with pytest.raises(ValueError, match="same shape"):
+        p.sample_and_velocity(x0, x1[:3], 0.5)
+    with pytest.raises(ValueError, match="one time per row"):
+        p.sample_and_velocity(x0, x1, torch.rand(5))
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        VPPath().sample_and_velocity(x0[0], x1[0], 0.5)
+    with validation(False):  # values are not read; the shapes are still checked
+        p.sample_and_velocity(x0, x1, 1.5)
+        with pytest.raises(ValueError, match="one time per row"):
+            p.sample_and_velocity(x0, x1, torch.rand(5))
+    with pytest.raises(ValueError, match="times must lie"):  # cfm_loss checks through it
+        cfm_loss(lambda tt, x: x, p, x0, x1, torch.full((64,), 2.0, dtype=F64))
+
+
+def test_sample_and_velocity_follows_a_subclass_schedule():
+    class Quadratic(LinearPath):  # redefines alpha only: the linear closed form must not apply
+        def alpha(self, t):
+            return t * t
+
+        def d_alpha(self, t):
+            return 2 * t
+
+    class Shifted(StraightPath):  # redefines sample itself
+        def sample(self, x0, x1, t):
+            return super().sample(x0, x1, t) + 1.0
+
+    x0, x1 = _pairs()
+    t = torch.rand(64, generator=torch.Generator().manual_seed(5), dtype=F64)
+    for path in (Quadratic(0.1), Shifted()):
+        xt, ut = path.sample_and_velocity(x0, x1, t)
+        torch.testing.assert_close(xt, path.sample(x0, x1, t))
+        torch.testing.assert_close(ut, path.velocity(x0, x1, t))
+
+
+def test_sample_and_velocity_is_a_few_operators():
+    from nfcourse.book.bench import op_profile
+    from nfcourse.core.validation import validation
+    x0, x1 = (v.float() for v in _pairs(256))
+    t = torch.rand(256)
+    p = StraightPath()
+    old = op_profile(lambda: (p.sample(x0, x1, t), p.velocity(x0, x1, t))).calls
+    new = op_profile(lambda: p.sample_and_velocity(x0, x1, t)).calls
+    with validation(False):
+        unchecked = op_profile(lambda: p.sample_and_velocity(x0, x1, t)).calls
+    assert unchecked < new < old / 4, (unchecked, new, old)
+
+
+def test_cfm_loss_is_the_mean_of_row_sums():
+    x0, x1 = (v.float() for v in _pairs(256))
+    t = torch.rand(256, generator=torch.Generator().manual_seed(6))
+    w = torch.randn(2, 2, generator=torch.Generator().manual_seed(7), requires_grad=True)
+
+    def field(tt, x):
+        return x @ w + tt[:, None]
+
+    p = StraightPath()
+    got = cfm_loss(field, p, x0, x1, t)
+    (g_got,) = torch.autograd.grad(got, w)
+    xt, ut = p.sample(x0, x1, t), p.velocity(x0, x1, t)
+    want = (field(t, xt) - ut).square().sum(dim=1).mean()
+    (g_want,) = torch.autograd.grad(want, w)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
