@@ -320,3 +320,33 @@ def test_peak_memory_sees_what_is_held_at_once():
         return run
     # the kept activations grow with the depth: 10 more layers keep ~10 x 400 kB more
     assert peak_memory(chain(20)) - peak_memory(chain(10)) == pytest.approx(4e6, rel=0.1)
+
+
+def test_time_to_target_times_only_the_steps_and_stops_at_the_target():
+    from nfcourse.book.bench import time_to_target
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock, value = Clock(), [1.0]
+
+    def step(k: int) -> None:
+        clock.now += 0.5            # a step costs 0.5 s
+        value[0] *= 0.9
+
+    def evaluate() -> float:
+        clock.now += 100.0          # evaluation is never counted
+        return value[0]
+
+    r = time_to_target(step, evaluate, 0.5, max_steps=100, every=5, clock=clock)
+    # 0.9^k < 0.5 first at k = 7; evaluated every 5 steps, so it is seen at step 10
+    assert r.reached and r.steps == 10 and r.seconds == 5.0
+    assert [c[0] for c in r.curve] == [5, 10]
+    never = time_to_target(step, lambda: 1.0, 0.5, max_steps=20, every=10, clock=clock)
+    assert not never.reached and never.seconds is None and len(never.curve) == 2
+    assert r.seconds_or_budget == 5.0 and never.seconds_or_budget == 10.0  # 20 steps of 0.5 s
+    with pytest.raises(ValueError, match="every <= max_steps"):
+        time_to_target(step, evaluate, 0.5, max_steps=5, every=10)

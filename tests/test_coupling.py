@@ -253,3 +253,20 @@ def test_checkerboard_keeps_one_colour_and_context_changes_the_map(gen):
     keep = checkerboard_mask((4, 4), 0).bool().expand(2, 1, 4, 4)
     assert torch.equal(a[keep], z[keep]) and torch.equal(b[keep], z[keep])
     assert not torch.allclose(a[~keep], b[~keep])
+
+
+def test_mlp_relu_is_in_place_only_without_autograd():
+    from nfcourse.nn import ReLU, mlp
+
+    net = mlp(3, 2, 8)
+    assert sum(isinstance(m, ReLU) for m in net) == 2
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        y = x.clone()
+        out = ReLU()(y)
+        assert out.data_ptr() == y.data_ptr() and torch.equal(out, torch.relu(x))
+    y = x.clone().requires_grad_(True)
+    out = ReLU()(y)
+    assert out.data_ptr() != y.data_ptr()
+    out.sum().backward()
+    assert torch.equal(y.grad, (x > 0).float())

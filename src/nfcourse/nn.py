@@ -21,12 +21,22 @@ from torch import Tensor, nn
 _ACTIVATIONS = {"tanh": nn.Tanh, "softplus": nn.Softplus, "silu": nn.SiLU}
 
 
-def _in_place(activation: type[nn.Module]) -> nn.Module:
-    """The activation, in place when its backward pass reads only its output (ReLU,
-    LeakyReLU); any other activation is built as given."""
-    if activation in (nn.ReLU, nn.LeakyReLU):
-        return activation(inplace=True)  # type: ignore[call-arg]
-    return activation()
+class ReLU(nn.ReLU):
+    """``nn.ReLU`` that overwrites its input when no gradient is being recorded.
+
+    At inference (``torch.no_grad``: sampling, ``log_prob`` of a large batch) writing in place
+    saves allocating a ``[B, hidden]`` tensor per layer; with autograd on it returns a new
+    tensor as ``nn.ReLU`` does (in place there was measured no faster). The same values either
+    way.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(x, inplace=not torch.is_grad_enabled())
+
+
+def _activation(activation: type[nn.Module]) -> nn.Module:
+    """The activation module; ReLU is :class:`ReLU` (in place at inference)."""
+    return ReLU() if activation is nn.ReLU else activation()
 
 
 def mlp(inputs: int, outputs: int, hidden: int, depth: int = 2,
@@ -35,14 +45,13 @@ def mlp(inputs: int, outputs: int, hidden: int, depth: int = 2,
 
     A zero last layer makes ``s = t = 0``, so a freshly built coupling flow is the identity and
     training starts from the base distribution rather than from a random warp of it.
-    ReLU and LeakyReLU work in place: a linear layer's output is not needed by its backward
-    pass, and theirs needs only their own output, so overwriting saves a ``[B, hidden]``
-    tensor per layer.
+    ReLU works in place at inference (:class:`ReLU`): a linear layer's output is needed by
+    nothing else, so overwriting it saves a ``[B, hidden]`` tensor per layer.
     """
     layers: list[nn.Module] = []
     width = inputs
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), _in_place(activation)]
+        layers += [nn.Linear(width, hidden), _activation(activation)]
         width = hidden
     last = nn.Linear(width, outputs)
     if zero_last:

@@ -7,6 +7,8 @@
 * :func:`op_profile` / :func:`median_profiles` -- where the time goes, per group of operators.
 * :func:`block_trainer`, :func:`backward_pass`, :class:`Contender` -- the pieces the
   performance appendix times; the peer libraries themselves are imported by that page only.
+* :func:`over_seeds`, :func:`time_to_target`, :func:`peak_memory` -- quality over several
+  seeds, CPU time until a run first meets a target, and the memory a pass holds at once.
 
 Fair timing of competing implementations: alternate them, pair the rounds, report medians.
 
@@ -30,11 +32,13 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import importlib.util
+import json
 import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -48,7 +52,8 @@ from nfcourse.core.validation import validation
 __all__ = ["Stopwatch", "median_seconds", "Timing", "Ratio", "alternate", "ratio",
            "ratios_to", "format_ratios", "common_verdict", "quartiles", "machine_info",
            "load_average", "versions", "PEERS", "require_peers", "OpProfile", "op_profile",
-           "median_profiles", "Contender", "block_trainer", "backward_pass"]
+           "median_profiles", "Contender", "block_trainer", "backward_pass", "CPU_CLOCK",
+           "Spread", "over_seeds", "peak_memory", "glue_summary_row", "TimeToTarget", "time_to_target"]
 
 #: The peer libraries the performance appendix compares against, with the versions it was
 #: measured with (the same pins as requirements-peers.txt; tests/test_bench.py checks).
@@ -397,6 +402,7 @@ class Stopwatch:
 #: and everything else (a coupling's own arithmetic: masks, splits, scales, sums).
 MATMUL = frozenset({"aten::mm", "aten::addmm", "aten::bmm"})
 ACTIVATION = frozenset({"aten::relu", "aten::clamp_min", "aten::leaky_relu",
+                        "aten::relu_", "aten::clamp_min_", "aten::leaky_relu_",  # in place
                         "aten::threshold_backward", "aten::leaky_relu_backward"})
 GROUPS = ("matrix products", "activations", "coupling arithmetic")
 
@@ -496,17 +502,20 @@ class Contender:
 
 
 def block_trainer(parameters: Iterable[nn.Parameter], loss_at: Callable[[int], Tensor], *,
-                  lr: float, block: int = 1, validate: bool = True) -> Callable[[], None]:
+                  lr: float, block: int = 1, validate: bool = True,
+                  foreach: bool | None = None) -> Callable[[], None]:
     """A function that runs the next ``block`` Adam steps each time it is called.
 
     Step ``k`` (counted over all calls, from 0) minimises ``loss_at(k)``, so candidates timed
     in blocks by :func:`alternate` see the same sequence of batches, one block per round.
     ``validate=False`` computes the losses with the library's input checks switched off
     (:func:`nfcourse.core.validation.validation`), to time what those checks cost.
+    ``foreach=True`` updates all parameters with one batched kernel per Adam operation instead
+    of a loop over them (the same arithmetic; ``None`` is torch's default, the loop on CPU).
     """
     if block < 1:
         raise ValueError(f"block_trainer: block must be >= 1, got {block}.")
-    opt = torch.optim.Adam(parameters, lr=lr)
+    opt = torch.optim.Adam(parameters, lr=lr, foreach=foreach)
     done = 0
 
     def run_block() -> None:
@@ -567,24 +576,92 @@ def over_seeds(measure: Callable[[int], float], seeds: Iterable[int]) -> Spread:
     return Spread(tuple(float(measure(s)) for s in seeds))
 
 
-def peak_memory(fn: Callable[[], object]) -> float:
-    """Peak bytes of CPU tensor memory that ``fn()`` holds at once, above what was allocated
-    before it started.
+def glue_summary_row(key: str, against: str, median: float, q25: float, q75: float, n: int,
+                     unit: str, target: float | None) -> float:
+    """Glue one row of the performance appendix's summary table (``sum_<key>...``): a speed
+    ratio (above 1: nfcourse faster), its IQR, what it was measured over, the target and
+    whether the median reaches it. Returns ``median``."""
+    from myst_nb import glue  # the book's dependency, needed only on its pages
 
-    Read from ``torch.profiler``'s memory events: each operator's allocations minus its frees,
-    summed in the order the operators started; the peak of that running sum. Memory that one
-    operator allocates and frees inside itself is not seen, which for the passes measured here
-    (the activations a backward pass keeps) is what matters.
+    glue(f"sum_{key}_vs", against, display=False)
+    glue(f"sum_{key}", float(median), display=False)
+    glue(f"sum_{key}_iqr", f"{q25:.2f}-{q75:.2f}", display=False)
+    glue(f"sum_{key}_n", f"{n} {unit}", display=False)
+    glue(f"sum_{key}_target", "none set" if target is None else f"≥ {target:.2f}",
+         display=False)
+    glue(f"sum_{key}_met", "-" if target is None else "yes" if median >= target else "no",
+         display=False)
+    return float(median)
+
+
+def peak_memory(fn: Callable[[], object]) -> float:
+    """Peak bytes of CPU tensor memory allocated while ``fn()`` runs, above the level at its
+    start (the largest total it held at once, intermediate tensors of the backward pass
+    included).
+
+    Read from ``torch.profiler``'s memory records (``profile_memory=True``): every allocation
+    and free is an instant event carrying the allocator's running total, exported with the
+    trace.
     """
     with quiet_stderr(), torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0 or
-                     e.name == "[memory]"), key=lambda e: e.time_range.start)
-    running = peak = 0.0
-    for e in events:
-        if e.cpu_parent is not None:
-            continue  # a child's memory is already in its top-level parent's total
-        running += e.cpu_memory_usage
-        peak = max(peak, running)
-    return peak
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path, encoding="utf-8") as f:
+            events = json.load(f)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] - e["args"]["Bytes"] for e in events
+              if e.get("name") == "[memory]"][:1]  # the level before the first allocation
+    totals += [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return float(max(totals) - totals[0]) if totals else 0.0
+
+
+@dataclass(frozen=True)
+class TimeToTarget:
+    """When a training run first met its target: ``steps`` and CPU ``seconds`` of training
+    (``None`` if it never did within the budget), and the curve ``(step, seconds, value)``
+    of every evaluation."""
+
+    steps: int | None
+    seconds: float | None
+    curve: tuple[tuple[int, float, float], ...]
+
+    @property
+    def reached(self) -> bool:
+        return self.steps is not None
+
+    @property
+    def seconds_or_budget(self) -> float:
+        """``seconds`` if the target was met, else the seconds of the whole run: a lower bound
+        on the time it would have needed."""
+        if self.seconds is not None:
+            return self.seconds
+        return self.curve[-1][1] if self.curve else 0.0
+
+
+def time_to_target(step: Callable[[int], None], evaluate: Callable[[], float], target: float,
+                   *, max_steps: int, every: int,
+                   clock: Callable[[], float] = time.thread_time) -> TimeToTarget:
+    """Run ``step(k)`` for ``k = 0, 1, ...`` until ``evaluate() < target`` or ``max_steps``.
+
+    Only the steps are timed (``clock``, CPU time of this thread by default); ``evaluate`` runs
+    untimed after every ``every`` steps, so a finer check costs the result nothing.
+
+    Raises:
+        ValueError: unless ``1 <= every <= max_steps``.
+    """
+    if not 1 <= every <= max_steps:
+        raise ValueError(f"time_to_target: need 1 <= every <= max_steps, got every={every}, "
+                         f"max_steps={max_steps}.")
+    seconds, curve = 0.0, []
+    for k in range(max_steps):
+        t0 = clock()
+        step(k)
+        seconds += clock() - t0
+        if (k + 1) % every == 0:
+            value = float(evaluate())
+            curve.append((k + 1, seconds, value))
+            if value < target:
+                return TimeToTarget(k + 1, seconds, tuple(curve))
+    return TimeToTarget(None, None, tuple(curve))
