@@ -350,3 +350,16 @@ def test_time_to_target_times_only_the_steps_and_stops_at_the_target():
     assert r.seconds_or_budget == 5.0 and never.seconds_or_budget == 10.0  # 20 steps of 0.5 s
     with pytest.raises(ValueError, match="every <= max_steps"):
         time_to_target(step, evaluate, 0.5, max_steps=5, every=10)
+
+
+def test_op_profile_separates_the_optimiser():
+    from nfcourse.book.bench import block_trainer
+
+    net = torch.nn.Linear(8, 1)
+    x = torch.randn(32, 8)
+    step = block_trainer(net.parameters(), lambda k: net(x).square().mean(), lr=1e-3)
+    step()
+    with_opt = op_profile(step, reps=2)
+    without = op_profile(backward_pass(net, lambda: net(x).square().mean()), reps=2)
+    assert with_opt.ms["optimiser"] > 0 and without.ms["optimiser"] == 0
+    assert all(v >= 0 for v in with_opt.ms.values())

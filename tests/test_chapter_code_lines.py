@@ -87,7 +87,10 @@ TAUGHT = {
     "09-self-test-and-audit": {"forbidden"},              # the exercise
     "appendix-performance": {"build_nfcourse", "build_zuko", "build_normflows",
                              "ContextFreeMLP", "build_nflows", "nfcourse_loss",
-                             "torchcfm_loss", "MaskedAffineCoupling", "build_masked"},
+                             "torchcfm_loss", "GeneralScaleCoupling",
+                             "build_nfcourse_small_init", "held_out_kl", "race", "nfcourse_ot_loss",
+                             "torchcfm_ot_loss", "MirroredField", "ms_normflows",
+                             "ms_op_groups"},
 }
 
 

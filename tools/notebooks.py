@@ -60,7 +60,7 @@ BUDGET_S: dict[str, dict[str, int]] = {
     "07-jko": {"ci": 180, "full": 1800},
     "08-applications": {"ci": 180, "full": 3600},
     "09-self-test-and-audit": {"ci": 60, "full": 60},
-    "appendix-performance": {"ci": 180, "full": 1800},
+    "appendix-performance": {"ci": 240, "full": 1800},
 }
 
 #: A code cell that calls pyplot or one of the ``plot_*`` helpers draws a figure.
