@@ -363,3 +363,12 @@ def test_op_profile_separates_the_optimiser():
     without = op_profile(backward_pass(net, lambda: net(x).square().mean()), reps=2)
     assert with_opt.ms["optimiser"] > 0 and without.ms["optimiser"] == 0
     assert all(v >= 0 for v in with_opt.ms.values())
+
+
+def test_target_verdict_reads_the_whole_iqr():
+    from nfcourse.book.bench import target_verdict
+
+    assert target_verdict(1.25, 1.4, 1.2) == "yes"
+    assert target_verdict(1.0, 1.1, 1.2) == "no"
+    assert target_verdict(1.1, 1.3, 1.2) == "undecided"
+    assert target_verdict(0.5, 2.0, None) == "-"

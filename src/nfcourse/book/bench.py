@@ -53,7 +53,7 @@ __all__ = ["Stopwatch", "median_seconds", "Timing", "Ratio", "alternate", "ratio
            "ratios_to", "format_ratios", "common_verdict", "quartiles", "machine_info",
            "load_average", "versions", "PEERS", "require_peers", "OpProfile", "op_profile",
            "median_profiles", "Contender", "block_trainer", "backward_pass", "CPU_CLOCK",
-           "Spread", "over_seeds", "peak_memory", "glue_summary_row", "TimeToTarget", "time_to_target"]
+           "Spread", "over_seeds", "peak_memory", "glue_summary_row", "target_verdict", "TimeToTarget", "time_to_target"]
 
 #: The peer libraries the performance appendix compares against, with the versions it was
 #: measured with (the same pins as requirements-peers.txt; tests/test_bench.py checks).
@@ -598,22 +598,30 @@ def over_seeds(measure: Callable[[int], float], seeds: Iterable[int]) -> Spread:
     return Spread(tuple(float(measure(s)) for s in seeds))
 
 
+def target_verdict(q25: float, q75: float, target: float | None) -> str:
+    """"yes" if the whole IQR reaches ``target`` (``q25 >= target``), "no" if none of it does
+    (``q75 < target``), "undecided" if it straddles the target, "-" without a target."""
+    if target is None:
+        return "-"
+    return "yes" if q25 >= target else "no" if q75 < target else "undecided"
+
+
 def glue_summary_row(key: str, against: str, median: float, q25: float, q75: float, n: int,
-                     unit: str, target: float | None) -> float:
+                     unit: str, target: float | None) -> tuple[float, str]:
     """Glue one row of the performance appendix's summary table (``sum_<key>...``): a speed
     ratio (above 1: nfcourse faster), its IQR, what it was measured over, the target and
-    whether the median reaches it. Returns ``median``."""
+    :func:`target_verdict`. Returns ``(median, verdict)``."""
     from myst_nb import glue  # the book's dependency, needed only on its pages
 
+    verdict = target_verdict(q25, q75, target)
     glue(f"sum_{key}_vs", against, display=False)
     glue(f"sum_{key}", float(median), display=False)
     glue(f"sum_{key}_iqr", f"{q25:.2f}-{q75:.2f}", display=False)
     glue(f"sum_{key}_n", f"{n} {unit}", display=False)
     glue(f"sum_{key}_target", "none set" if target is None else f"≥ {target:.2f}",
          display=False)
-    glue(f"sum_{key}_met", "-" if target is None else "yes" if median >= target else "no",
-         display=False)
-    return float(median)
+    glue(f"sum_{key}_met", verdict, display=False)
+    return float(median), verdict
 
 
 def peak_memory(fn: Callable[[], object]) -> float:
