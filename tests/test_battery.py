@@ -38,8 +38,9 @@ from nfcourse.ode import SolverSpec
 from nfcourse.core import Compose, Flow, Inverse
 from nfcourse.flows import (ActNorm, AdditiveCoupling, AffineCoupling, ChannelSplit,
                             Checkerboard, ContextOnly, DiagonalScaling, ElementwiseAffine, Exp, GlowLevel, GlowStep,
-                            InvertibleConv1x1, InvertibleLinear, Logit, Planar, Polar, Radial,
-                            Sigmoid, Split, coupling_masks)
+                            InvertibleConv1x1, InvertibleLinear, Logit, MaskedAutoregressive,
+                            Planar, Polar, Radial, Sigmoid, SplineCoupling, Split,
+                            coupling_masks)
 from nfcourse.flows.images import FlipChannels, MultiScaleLevel, Reshape
 from nfcourse.core.testing import check_flow
 from nfcourse.training.engine import TrainConfig, fit
@@ -123,6 +124,18 @@ FLOWS: dict[str, Callable[[], tuple[Flow, Domain]]] = {
                                                       glow=torch.Generator().manual_seed(0)),
                                       _normal(1, 8, 8)),
     "ContinuousFlow": lambda: (_tight_cnf(), _normal(2)),
+    # chapter 10: spline couplings, and masked autoregressive flows in both conventions
+    "SplineCoupling": lambda: (SplineCoupling(coupling_masks(4, 1)[0], 5, 2.0, 8), _normal(4)),
+    "SplineCoupling[checkerboard]": lambda: (SplineCoupling(Checkerboard((1, 4, 4), 0), 4, 2.0,
+                                                            4), _normal(1, 4, 4)),
+    "MaskedAutoregressive": lambda: (MaskedAutoregressive(3, 8, order=[2, 0, 1]), _normal(3)),
+    "MaskedAutoregressive[iaf]": lambda: (MaskedAutoregressive(3, 8, convention="iaf"),
+                                          _normal(3)),
+    "MaskedAutoregressive[spline]": lambda: (MaskedAutoregressive(3, 8, transformer="spline",
+                                                                  bins=4, bound=2.0),
+                                             _normal(3)),
+    "MaskedAutoregressive[iaf,spline]": lambda: (MaskedAutoregressive(
+        3, 8, transformer="spline", convention="iaf", bins=4, bound=2.0), _normal(3)),
 }
 
 
@@ -202,6 +215,10 @@ def _small_specs() -> dict[str, dict[str, Any]]:
     return {
         "realnvp": {"name": "realnvp", "kwargs": {"features": 2, "layers": 2, "hidden": 8}},
         "nice": {"name": "nice", "kwargs": {"features": 2, "layers": 2, "hidden": 8}},
+        "maf": {"name": "maf", "kwargs": {"features": 2, "layers": 2, "hidden": 8}},
+        "iaf": {"name": "iaf", "kwargs": {"features": 2, "layers": 2, "hidden": 8,
+                                          "transformer": "spline", "bins": 3}},
+        "nsf": {"name": "nsf", "kwargs": {"features": 2, "layers": 2, "hidden": 8, "bins": 4}},
         "glow": {"name": "glow", "kwargs": {"event_shape": (1, 4, 4), "levels": 2, "steps": 1,
                                             "hidden": 4}},
         "glow_2d": {"name": "glow_2d", "kwargs": {"features": 2, "steps": 2, "hidden": 8}},
@@ -218,13 +235,19 @@ def _small_specs() -> dict[str, dict[str, Any]]:
             "blocks": 1, "alpha": 1e-5}},
         "velocity_mlp": {"name": "velocity_mlp", "kwargs": {"dim": 2, "hidden": 8,
                                                             "layers": 2}},
+        "planar_model": {"name": "planar_model", "kwargs": {"features": 2, "layers": 3,
+                                                            "seed": 1}},
+        "radial_model": {"name": "radial_model", "kwargs": {"features": 2, "layers": 3,
+                                                            "seed": 1}},
+        "mean_field": {"name": "mean_field", "kwargs": {"features": 2}},
         "vae": {"name": "vae", "kwargs": {"features": 2, "latent": 2, "hidden": 8}},
         "vae_elbo": {"name": "vae_elbo", "kwargs": {"features": 2, "latent": 1, "hidden": 8,
                                                     "kl_warmup": 7}},
     }
 
 
-FLOW_MODELS = ["realnvp", "nice", "glow", "glow_2d", "cnf", "tiny_realnvp",
+FLOW_MODELS = ["realnvp", "nice", "maf", "iaf", "nsf", "planar_model", "radial_model",
+               "mean_field", "glow", "glow_2d", "cnf", "tiny_realnvp",
                "multiscale_realnvp", "multiscale_glow"]
 
 

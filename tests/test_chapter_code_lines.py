@@ -90,7 +90,7 @@ TAUGHT = {
                              "torchcfm_loss", "GeneralScaleCoupling",
                              "build_nfcourse_small_init", "held_out_kl", "race", "nfcourse_ot_loss",
                              "torchcfm_ot_loss", "MirroredField", "ms_normflows",
-                             "ms_op_groups"},
+                             "ms_op_groups", "build_ar"},
 }
 
 

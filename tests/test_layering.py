@@ -16,7 +16,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "nfcourse"
 
 LAYERS = {"core": 0, "nn": 1, "data": 1, "metrics": 1, "ode": 1, "profiles": 1, "flows": 2,
-          "vae": 3, "models": 4, "training": 5, "matching": 6, "jko": 6, "cli": 7,
+          "vae": 3, "models": 4, "training": 5, "matching": 6, "jko": 6, "vi": 6, "cli": 7,
           "__main__": 7, "book": 8}
 # The package itself re-exports everything but the book, so importing it from inside the
 # library pulls in every layer: only cli, __main__ and book may.

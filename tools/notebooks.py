@@ -60,6 +60,8 @@ BUDGET_S: dict[str, dict[str, int]] = {
     "07-jko": {"ci": 180, "full": 1800},
     "08-applications": {"ci": 180, "full": 3600},
     "09-self-test-and-audit": {"ci": 60, "full": 60},
+    "10-autoregressive-and-spline-flows": {"ci": 240, "full": 1800},
+    "11-variational-inference": {"ci": 240, "full": 1800},
     "appendix-performance": {"ci": 240, "full": 1800},
 }
 

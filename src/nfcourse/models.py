@@ -16,13 +16,16 @@ from torch import nn
 
 from nfcourse.core.flow import Compose, Flow, Inverse, as_event_shape
 from nfcourse.core.model import FlowModel
+from nfcourse.core.validation import check_count
 from nfcourse.data.images import MNIST_SHAPE
+from nfcourse.flows.autoregressive import MaskedAutoregressive
 from nfcourse.flows.continuous import CNF
 from nfcourse.flows.coupling import (AdditiveCoupling, AffineCoupling, DiagonalScaling,
                                      IndexSplit, coupling_masks)
 from nfcourse.flows.glow import GlowLevel, GlowStep, _event
 from nfcourse.flows.images import MultiScaleLevel, Reshape, checkerboard_vector
-from nfcourse.flows.simple import Logit
+from nfcourse.flows.simple import ElementwiseAffine, Logit, Planar, Radial
+from nfcourse.flows.spline import SplineCoupling
 from nfcourse.nn import VelocityMLP
 from nfcourse.ode.solvers import SolverSpec
 from nfcourse.vae import VAE, elbo_objective
@@ -51,6 +54,99 @@ def nice(features: int = 2, layers: int = 8, hidden: int = 64, *, depth: int = 2
     flows: list[Flow] = [DiagonalScaling(features)]
     flows += [AdditiveCoupling(IndexSplit(m), hidden, depth)
               for m in coupling_masks(features, layers, masks)]
+    return FlowModel(Compose(*flows))
+
+
+def _stack_layers(layers: object, who: str) -> int:
+    k = check_count(layers, f"{who}(layers)", "layers")
+    if k < 1:
+        raise ValueError(f"{who}: need at least one layer, got {k}.")
+    return k
+
+
+def planar_model(features: int = 2, layers: int = 8, *, seed: int = 0,
+                 init_scale: float = 1.0) -> FlowModel:
+    """Chapter 11's variational family: ``layers`` planar layers (Rezende & Mohamed 2015),
+    parameters drawn from ``seed`` (``init_scale`` as in :class:`~nfcourse.flows.simple.Planar`)."""
+    g = torch.Generator().manual_seed(seed)
+    k = _stack_layers(layers, "planar_model")
+    return FlowModel(Compose(*[Planar(features, generator=g, init_scale=init_scale)
+                               for _ in range(k)]))
+
+
+def radial_model(features: int = 2, layers: int = 8, *, seed: int = 0,
+                 init_scale: float = 1.0) -> FlowModel:
+    """``layers`` radial layers, centres and parameters drawn from ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    k = _stack_layers(layers, "radial_model")
+    return FlowModel(Compose(*[Radial(features, generator=g, init_scale=init_scale)
+                               for _ in range(k)]))
+
+
+def mean_field(features: int) -> FlowModel:
+    """The mean-field Gaussian ``N(mu, diag(sigma^2))`` as a one-layer flow
+    ``x = mu + sigma * z`` (starts at ``N(0, I)``)."""
+    return FlowModel(ElementwiseAffine(features))
+
+
+def _autoregressive(features: int, layers: int, hidden: int, depth: int, convention: str,
+                    transformer: str, bins: int, bound: float, scale_bound: float) -> FlowModel:
+    """``layers`` masked autoregressive layers whose orders alternate forward and reversed."""
+    if layers < 1:
+        raise ValueError(f"number of autoregressive layers must be >= 1, got {layers}.")
+    forward = list(range(features))
+    flows = [MaskedAutoregressive(features, hidden, depth, transformer=transformer,
+                                  convention=convention, bins=bins, bound=bound,
+                                  scale_bound=scale_bound,
+                                  order=forward if k % 2 == 0 else forward[::-1])
+             for k in range(layers)]
+    return FlowModel(Compose(*flows))
+
+
+def maf(features: int = 2, layers: int = 5, hidden: int = 64, *, depth: int = 2,
+        transformer: str = "affine", bins: int = 8, bound: float = 3.0,
+        scale_bound: float = 3.0) -> FlowModel:
+    """A masked autoregressive flow (MAF) density model with a ``N(0, I)`` base.
+
+    ``layers`` MADE-conditioned layers, each reversing the previous one's order; ``log_prob``
+    is one MADE pass per layer, ``sample`` ``features`` passes per layer.
+    ``transformer="spline"`` makes it the autoregressive neural spline flow (``bins`` bins on
+    ``[-bound, bound]``). Starts as the identity map.
+    """
+    return _autoregressive(features, layers, hidden, depth, "maf", transformer, bins, bound,
+                           scale_bound)
+
+
+def iaf(features: int = 2, layers: int = 5, hidden: int = 64, *, depth: int = 2,
+        transformer: str = "affine", bins: int = 8, bound: float = 3.0,
+        scale_bound: float = 3.0) -> FlowModel:
+    """An inverse autoregressive flow (IAF): :func:`maf`'s layers with the network reading the
+    latent side, so ``sample`` is one MADE pass per layer and ``log_prob`` of given data
+    ``features`` passes per layer. Starts as the identity map."""
+    return _autoregressive(features, layers, hidden, depth, "iaf", transformer, bins, bound,
+                           scale_bound)
+
+
+NSF_KINDS = ("coupling", "autoregressive")
+
+
+def nsf(features: int = 2, layers: int = 4, hidden: int = 64, *, depth: int = 2,
+        kind: str = "coupling", bins: int = 8, bound: float = 3.0,
+        masks: str = "halves") -> FlowModel:
+    """A neural spline flow: rational-quadratic splines of ``bins`` bins on
+    ``[-bound, bound]`` (identity outside) with a ``N(0, I)`` base.
+
+    ``kind="coupling"``: ``layers`` spline couplings with alternating masks (``masks``, see
+    :func:`coupling_masks`), RealNVP's layout. ``kind="autoregressive"``: :func:`maf` with the
+    spline transformer. Starts as the identity map.
+    """
+    if kind not in NSF_KINDS:
+        raise ValueError(f"nsf: kind must be 'coupling' or 'autoregressive', got {kind!r}.")
+    if kind == "autoregressive":
+        return maf(features, layers, hidden, depth=depth, transformer="spline", bins=bins,
+                   bound=bound)
+    flows = [SplineCoupling(IndexSplit(m), bins, bound, hidden, depth)
+             for m in coupling_masks(features, layers, masks)]
     return FlowModel(Compose(*flows))
 
 
@@ -182,6 +278,9 @@ def cnf_from_spec(*, train_solver: SolverSpec | dict[str, Any] | None = None,
 BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
     "realnvp": realnvp,                        # chapter 2, fit() and the CLI
     "nice": nice,
+    "maf": maf,                                # chapter 10, autoregressive and spline flows
+    "iaf": iaf,
+    "nsf": nsf,
     "glow": glow,                              # chapter 3, Glow on digits
     "glow_2d": glow_2d,
     "cnf": cnf_from_spec,                      # chapter 4, CNF / FFJORD
@@ -189,6 +288,9 @@ BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
     "multiscale_realnvp": multiscale_realnvp,
     "multiscale_glow": multiscale_glow,        # chapter 3, Glow on MNIST
     "velocity_mlp": VelocityMLP,               # chapter 6, flow matching
+    "planar_model": planar_model,              # chapter 11, variational families
+    "radial_model": radial_model,
+    "mean_field": mean_field,
     "vae": VAE,                                # chapter 8, a bare VAE
     "vae_elbo": elbo_objective,                # chapter 8, what fit() trains
 }

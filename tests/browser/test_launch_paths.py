@@ -152,14 +152,15 @@ def with_dependencies(names: set[str]) -> set[str]:
 
 
 LIBRARY = "src/nfcourse"  # checked like a chapter: its functions run in the chapters
-# Only the performance appendix imports the peer libraries; they are installed on their own,
-# without dependencies (requirements-peers.txt), by Binder's postBuild and a README cell.
-PEERS_PAGE = "chapters/appendix-performance"
+# Only the performance appendix and chapter 10 (its comparison with zuko) import the peer
+# libraries; they are installed on their own, without dependencies (requirements-peers.txt),
+# by Binder's postBuild and a README cell.
+PEERS_PAGES = ("chapters/10-autoregressive-and-spline-flows", "chapters/appendix-performance")
 PEERS = ROOT / "requirements-peers.txt"
 
 
 def peers_for(page: str) -> set[str]:
-    return set(_pins(PEERS)) if page == PEERS_PAGE else set()
+    return set(_pins(PEERS)) if page in PEERS_PAGES else set()
 
 
 @functools.cache
