@@ -57,9 +57,15 @@ unit: $(STAMP)
 	MPLBACKEND=Agg $(PYTEST) tests -n 2 -q
 
 # Each chapter executes exactly once here (nbval); the HTML build then renders those records.
+# The chapters that set torch to one thread (setup(threads=1); tests/test_nbval_scheme.py
+# checks the list) run side by side, one per core; the others use both cores, one at a time.
+NBVAL := $(PYTEST) -p no:cacheprovider --nbval-lax --nbval-current-env \
+	  --nbval-sanitize-with tools/nbval_sanitize.cfg --durations=0 -q
+ONE_THREAD_CHAPTERS := chapters/10-autoregressive-and-spline-flows.ipynb \
+	  chapters/11-variational-inference.ipynb
 notebooks: $(STAMP)
-	$(PYTEST) -p no:cacheprovider --nbval-lax --nbval-current-env \
-	  --nbval-sanitize-with tools/nbval_sanitize.cfg --durations=0 -q chapters/
+	$(NBVAL) $(filter-out $(ONE_THREAD_CHAPTERS),$(sort $(wildcard chapters/*.ipynb)))
+	$(NBVAL) -n 2 --dist loadfile $(ONE_THREAD_CHAPTERS)
 
 # Every chapter record alone in an empty folder, executed in a fresh environment built only
 # from the README's install lines (what a reader who downloads one chapter has).

@@ -36,3 +36,21 @@ def test_tagged_stale_output_fails_and_current_output_passes(tmp_path: Path) -> 
     assert _nbval(tmp_path / "stale.ipynb") != 0
     assert _nbval(tmp_path / "current.ipynb") == 0
     assert _nbval(tmp_path / "untagged.ipynb") == 0  # lax mode: untagged outputs are not compared
+
+
+def _make_variable(name: str) -> list[str]:
+    """The words of a ``NAME := ...`` assignment in the Makefile (with its continuations)."""
+    text = (ROOT / "Makefile").read_text(encoding="utf-8").replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith(f"{name} :="))
+    return line.split(":=", 1)[1].split()
+
+
+def test_chapters_run_side_by_side_only_if_they_use_one_thread() -> None:
+    """`make notebooks` runs ONE_THREAD_CHAPTERS two at a time (one per core): each must set
+    torch to one thread, and every chapter that does belongs in the list."""
+    listed = {Path(p).stem for p in _make_variable("ONE_THREAD_CHAPTERS")}
+    one_thread = {md.stem for md in (ROOT / "chapters").glob("*.md")
+                  if "setup(seed=0, threads=1)" in md.read_text(encoding="utf-8")}
+    assert listed, "no chapter runs side by side"
+    assert all((ROOT / "chapters" / f"{stem}.ipynb").exists() for stem in listed)
+    assert listed == one_thread

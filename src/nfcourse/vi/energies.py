@@ -1,9 +1,10 @@
 """Unnormalised 2-D targets ``p(x) = exp(-U(x)) / Z`` for variational inference (chapter 11).
 
 * :func:`rezende_energies` -- the four potentials ``U1``-``U4`` of Rezende & Mohamed (2015,
-  table 1): a ring with two lobes and three sinusoidal bands. ``U2``-``U4`` depend on ``x1``
-  only through ``sin(pi x1 / 2)``, so ``exp(-U)`` is periodic along ``x1`` and has infinite
-  mass; we multiply them by a smooth, flat-topped envelope ``exp(-(x1 / 4)^8)`` (a soft wall
+  table 1): a ring with two lobes and three sinusoidal bands. ``U2`` depends on ``x1`` only
+  through ``sin(pi x1 / 2)``; ``U3`` and ``U4`` add ``w2`` and ``w3``, which are not periodic
+  but tend to constants as ``|x1|`` grows (``w2 -> 0``; ``w3 -> 0`` or ``3``). So for all three
+  ``exp(-U)`` does not decay along ``x1`` and has infinite mass; we multiply them by a smooth, flat-topped envelope ``exp(-(x1 / 4)^8)`` (a soft wall
   just outside the paper's plotting window ``[-4, 4]``), which makes ``Z`` finite and leaves
   the picture inside the window nearly unchanged. ``U1`` is used as published.
 * :func:`two_gaussians` -- a mixture of two well separated Gaussians with known weights, for
