@@ -1,7 +1,10 @@
 # nfcourse: two commands do everything on a fresh machine with Python 3.11.
-#   make book   create .venv, install, build the HTML book into _build/html
-#   make test   everything CI runs (unit tests, notebooks under nbval, warning-free build)
+#   make book   create .venv, install, build the HTML book into _build/html (and its PDF,
+#               _build/html/nfcourse.pdf, when chromium is installed)
+#   make test   everything CI runs (unit tests, notebooks under nbval, warning-free build,
+#               the book in a browser, the PDF)
 # Helpers: make execute [CHAPTERS=chapters/NN-name.md]   re-execute chapter records
+#          make pdf        the whole book as one PDF (after make html; installs chromium)
 #          make clean
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -40,6 +43,9 @@ book: $(STAMP)
 	if [ -n "$$stale" ]; then echo "== re-executing stale chapters: $$stale"; \
 	  $(BIN)/python tools/notebooks.py execute $$stale || exit 1; fi
 	$(MAKE) --no-print-directory html
+	@if [ -x "$(CHROMIUM)" ] && [ -x "$(CHROMEDRIVER)" ]; then \
+	  $(MAKE) --no-print-directory pdf || exit 1; \
+	else echo "== no chromium here, so no PDF: \`make pdf\` builds it (installing chromium)"; fi
 	@echo "== the book is at $(CURDIR)/_build/html/index.html"
 
 html: $(STAMP)
@@ -62,7 +68,8 @@ unit: $(STAMP)
 NBVAL := $(PYTEST) -p no:cacheprovider --nbval-lax --nbval-current-env \
 	  --nbval-sanitize-with tools/nbval_sanitize.cfg --durations=0 -q
 ONE_THREAD_CHAPTERS := chapters/10-autoregressive-and-spline-flows.ipynb \
-	  chapters/11-variational-inference.ipynb
+	  chapters/11-variational-inference.ipynb chapters/07-jko.ipynb \
+	  chapters/01-change-of-variables.ipynb
 notebooks: $(STAMP)
 	$(NBVAL) $(filter-out $(ONE_THREAD_CHAPTERS),$(sort $(wildcard chapters/*.ipynb)))
 	$(NBVAL) -n 2 --dist loadfile $(ONE_THREAD_CHAPTERS)
@@ -79,6 +86,8 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory notebooks && \
 	$(MAKE) --no-print-directory html && \
 	$(MAKE) --no-print-directory browser && \
+	$(MAKE) --no-print-directory pdf && \
+	$(MAKE) --no-print-directory pdf-check && \
 	$(MAKE) --no-print-directory standalone STANDALONE="$(CI_STANDALONE)" && \
 	echo "== make test passed in $$(( $$(date +%s) - start )) s"
 
@@ -91,8 +100,15 @@ clean:
 # chromium and its driver come from apt when missing (CI runs as root; otherwise sudo -n).
 CHROMIUM     ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
-.PHONY: browser
-browser: $(STAMP)
+BROWSER_ENV  := NFCOURSE_CHROMIUM="$(CHROMIUM)" NFCOURSE_CHROMEDRIVER="$(CHROMEDRIVER)"
+.PHONY: browser chromium pdf pdf-check
+browser: $(STAMP) chromium
+	@start=$$(date +%s); \
+	$(BROWSER_ENV) $(PYTEST) -p no:cacheprovider -q tests/browser && \
+	echo "== browser check passed in $$(( $$(date +%s) - start )) s (screenshots: _build/screenshots/)"
+
+# Debian's chromium and chromium-driver, from apt when missing (browser, pdf, pdf-check).
+chromium:
 	@if [ ! -x "$(CHROMIUM)" ] || [ ! -x "$(CHROMEDRIVER)" ]; then \
 	  echo "== $(CHROMIUM) or $(CHROMEDRIVER) missing: installing Debian's chromium and chromium-driver"; \
 	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo="sudo -n"; fi; \
@@ -107,7 +123,17 @@ browser: $(STAMP)
 	    exit 1; \
 	  fi; \
 	fi
-	@start=$$(date +%s); \
-	NFCOURSE_CHROMIUM="$(CHROMIUM)" NFCOURSE_CHROMEDRIVER="$(CHROMEDRIVER)" \
-	  $(PYTEST) -p no:cacheprovider -q tests/browser && \
-	echo "== browser check passed in $$(( $$(date +%s) - start )) s (screenshots: _build/screenshots/)"
+
+# The whole book as one PDF (needs `make html` first): every page of _toc.yml, in order,
+# printed by the browser check's headless chromium once MathJax has typeset, with every
+# dropdown open, into _build/html/nfcourse.pdf (the landing page links it), one bookmark per
+# page. A picture of its first page goes to _build/screenshots/pdf-page-1.png; `make test`
+# runs this after `make browser`, whose run empties _build/screenshots/ first.
+pdf: $(STAMP) chromium
+	$(BROWSER_ENV) $(BIN)/python tools/pdf.py _build/html --png _build/screenshots/pdf-page-1.png
+
+# The PDF against the HTML it was printed from (tests/pdf): every page's title in order, no
+# raw TeX, as many figures as the HTML pages print, the landing page's link; and broken
+# prints of small pages of its own, to show that each of these checks fails when it should.
+pdf-check: $(STAMP) chromium
+	$(BROWSER_ENV) $(PYTEST) -p no:cacheprovider -q tests/pdf

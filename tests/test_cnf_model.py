@@ -256,3 +256,16 @@ def test_the_time_mlp_takes_a_scalar_or_a_batch_of_times():
     assert cnf_field.out.in_features == 8 + 1
     assert torch.equal(cnf_field(torch.tensor(0.5), x), torch.zeros(4, 2))
     assert VelocityMLP(2, 8, 2).out.in_features == 8      # flow matching's: hidden layers only
+
+
+def test_log_prob_at_is_the_closed_form_at_every_time():
+    # for dz/dt = A z, x(t) = expm(t A) z, so p_t(x) = N(expm(-t A) x) exp(-t tr A)
+    model = CNF(2).double().eval()
+    model.flow = _linear_flow()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    for t in (0.0, 0.3, 1.0, model.cflow.T):
+        want = _log_normal(model.cflow.field.flow_map(x, -t)) - t * float(torch.trace(A))
+        assert torch.allclose(model.log_prob_at(x, t), want, atol=1e-8), t
+    assert torch.allclose(model.log_prob_at(x, model.cflow.T), model.log_prob(x), atol=1e-10)
+    with pytest.raises(ValueError, match=r"t must be in \[0, T\]"):
+        model.log_prob_at(x, model.cflow.T + 0.1)

@@ -6,7 +6,8 @@ Fails if a page of the table of contents is missing, if any page loads MathJax f
 instead of the copy served with the book, if a page makes the browser fetch anything (a script,
 stylesheet, image, frame) from the network, if an <img> points at a file that is not there, or
 if a notebook cell error was rendered into a page, or if a chapter page shows fewer output
-figures than its executed record holds (a record whose figures the page lost).
+figures or animation players than its executed record holds (a record whose figures the page
+lost).
 """
 
 from __future__ import annotations
@@ -45,6 +46,24 @@ def record_figures(page: str) -> int | None:
     return sum(1 for c in nb.cells if c.cell_type == "code"
                and not _HIDDEN & set(c.get("metadata", {}).get("tags", []))
                for o in c.get("outputs", []) if has_image(o))
+
+
+#: What an animation player (``nfcourse.book.animation``) writes into a cell output and a page.
+ANIMATION_MARK = 'class="nf-animation"'
+
+
+def record_animations(page: str) -> int:
+    """How many animation players the page's executed record shows (0: not a notebook)."""
+    rec = ROOT / f"{page}.ipynb"
+    if not rec.exists():
+        return 0
+    import nbformat
+
+    nb = nbformat.read(rec, as_version=4)
+    return sum(1 for c in nb.cells if c.cell_type == "code"
+               and not _HIDDEN & set(c.get("metadata", {}).get("tags", []))
+               for o in c.get("outputs", [])
+               if ANIMATION_MARK in "".join(o.get("data", {}).get("text/html", "")))
 
 
 def page_figures(html: str) -> int:
@@ -87,6 +106,9 @@ def main(html_dir: str) -> int:
         if want is not None and page_figures(html) < want:
             problems.append(f"{path}: {page_figures(html)} output figure(s) on the page, "
                             f"{want} in the executed record")
+        if html.count(ANIMATION_MARK) < record_animations(page):
+            problems.append(f"{path}: {html.count(ANIMATION_MARK)} animation(s) on the page, "
+                            f"{record_animations(page)} in the executed record")
         if "Traceback (most recent call last)" in html or 'class="output traceback' in html:
             problems.append(f"{path}: a cell error is rendered in the page")
     for p in problems:

@@ -15,18 +15,27 @@ BUILT_HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 
 
-def toc_pages() -> list[str]:
-    """The pages of ``_toc.yml`` without suffix (``intro``, ``chapters/01-...``)."""
-    # tools/ is not a package; reuse the parser of the static HTML check so both agree.
+def _check_html() -> Any:
+    # tools/ is not a package; reuse the static HTML check's code so both checks agree.
     spec = importlib.util.spec_from_file_location("check_html", ROOT / "tools" / "check_html.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return list(module.toc_pages())
+    return module
+
+
+def toc_pages() -> list[str]:
+    """The pages of ``_toc.yml`` without suffix (``intro``, ``chapters/01-...``)."""
+    return list(_check_html().toc_pages())
 
 
 def notebook_pages() -> list[str]:
     """The pages rendered from an executed ``.ipynb`` record: the chapters."""
     return [p for p in toc_pages() if (ROOT / f"{p}.ipynb").exists()]
+
+
+def record_animations(page: str) -> int:
+    """How many animation players the page's executed record shows (0 for other pages)."""
+    return int(_check_html().record_animations(page))
 
 
 def book_config() -> dict[str, Any]:
@@ -43,4 +52,5 @@ def expected_for(page: str, config: dict[str, Any] | None = None) -> pagecheck.E
         notebook=f"{page}.ipynb" if page in notebook_pages() else None,
         binderhub_url=launch.get("binderhub_url", pagecheck.Expected.binderhub_url),
         colab_url=launch.get("colab_url", pagecheck.Expected.colab_url),
+        animations=record_animations(page),
     )

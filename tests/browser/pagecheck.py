@@ -55,6 +55,7 @@ class Expected:
     binderhub_url: str = "https://mybinder.org"
     colab_url: str = "https://colab.research.google.com"
     fetch_download: bool = True  # fetch the download link (impossible from file://)
+    animations: int = 0  # animation players the page must show (as many as its record has)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -262,6 +263,83 @@ def button_problems(driver: WebDriver, expected: Expected) -> list[str]:
     return problems
 
 
+# The player's state lives on its element (nfcourse.book.animation): data-frame, data-playing;
+# the frame displayed is the <img>'s current source.
+_ANIMATION_STATE = """
+const fig = arguments[0], img = fig.querySelector("img.nf-animation-frame");
+return {frame: fig.dataset.frame, playing: fig.dataset.playing, src: img ? img.src : null,
+        loaded: !!img && img.complete && img.naturalWidth > 0,
+        fps: JSON.parse(fig.querySelector(".nf-animation-data").textContent).fps};
+"""
+
+_WAIT_FOR_NEW_FRAME = """
+const [fig, before, timeout] = arguments, done = arguments[arguments.length - 1];
+const img = fig.querySelector("img.nf-animation-frame"), start = Date.now();
+(function poll() {
+  if (img.src !== before && img.complete) done(true);
+  else if (Date.now() - start > timeout) done(false);
+  else setTimeout(poll, 20);
+})();
+"""
+
+_SET_SLIDER = """
+const slider = arguments[0].querySelector(".nf-animation-slider");
+slider.value = arguments[1];
+slider.dispatchEvent(new Event("input"));
+"""
+
+
+def animation_problems(driver: WebDriver, expected: int,
+                       shots: Path | None = None) -> list[str]:
+    """Every animation player must play: a click on play changes the displayed frame, a
+    second click pauses it, and the slider shows the frame it is set to.
+
+    The page must have ``expected`` players. With ``shots``, two frames of each player are
+    photographed: ``{shots}-animation-{i}-frame-{k}.png`` (the still frame, and one reached
+    by playing).
+    """
+    players = driver.find_elements("css selector", "figure.nf-animation")
+    problems = [] if len(players) == expected else [
+        f"{len(players)} animation player(s) on the page, {expected} in the executed record"]
+    for i, fig in enumerate(players):
+        name = f"animation {i + 1} ({fig.get_attribute('id')})"
+        before = driver.execute_script(_ANIMATION_STATE, fig)
+        if not before["loaded"]:
+            problems.append(f"{name}: its still frame is not displayed")
+            continue
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", fig)
+        if shots is not None:
+            _element_shot(fig, shots, i, before["frame"])
+        interval_ms = 1000 / before["fps"]
+        try:
+            fig.find_element("css selector", ".nf-animation-play").click()
+        except WebDriverException as exc:
+            problems.append(f"{name}: play cannot be clicked: {exc.msg}")
+            continue
+        if not driver.execute_async_script(_WAIT_FOR_NEW_FRAME, fig, before["src"],
+                                           3 * interval_ms + 1000):
+            problems.append(f"{name}: play did not change the displayed frame")
+            continue
+        fig.find_element("css selector", ".nf-animation-play").click()  # pause
+        paused = driver.execute_script(_ANIMATION_STATE, fig)
+        if shots is not None:
+            _element_shot(fig, shots, i, paused["frame"])
+        if driver.execute_async_script(_WAIT_FOR_NEW_FRAME, fig, paused["src"],
+                                       2 * interval_ms):
+            problems.append(f"{name}: pause did not stop it")
+        driver.execute_script(_SET_SLIDER, fig, 0)
+        if driver.execute_script(_ANIMATION_STATE, fig)["frame"] != "0":
+            problems.append(f"{name}: the slider does not select the frame")
+        driver.execute_script(_SET_SLIDER, fig, before["frame"])  # the page's screenshot
+    return problems
+
+
+def _element_shot(element: Any, shots: Path, i: int, frame: str) -> None:
+    path = shots.parent / f"{shots.name}-animation-{i + 1}-frame-{frame}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(element.screenshot_as_png)
+
+
 def save_screenshot(driver: WebDriver, path: Path) -> None:
     """A PNG of the page from the top, as tall as the page (up to a limit)."""
     driver.execute_script("window.scrollTo(0, 0);")
@@ -291,6 +369,8 @@ def check_page(driver: WebDriver, url: str, expected: Expected,
     problems += image_problems(driver)
     problems += button_problems(driver, expected)
     problems += dropdown_problems(driver)  # opens them, so the screenshot shows answers
+    problems += animation_problems(driver, expected.animations,
+                                   shots=screenshot.with_suffix("") if screenshot else None)
     if screenshot is not None:
         save_screenshot(driver, screenshot)
     # Last, so errors raised by the clicks and fetches above are counted too.

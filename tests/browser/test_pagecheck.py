@@ -63,6 +63,11 @@ BREAKAGES: dict[str, tuple[Callable[[str], str], str]] = {
                        "download button does not offer"),
     "no repository button": (lambda h: h.replace("btn-source-repository-button", "btn-gone"),
                              "no visible repository button"),
+    # A player whose script never wires its buttons: the still frame shows, play does nothing.
+    "frozen animation": (lambda h: h.replace('root.dataset.ready = "1";', "return;"),
+                         "play did not change the displayed frame"),
+    "lost animation": (lambda h: h.replace('<figure class="nf-animation"', '<figure class="x"'),
+                       "animation player(s) on the page"),
 }
 
 

@@ -289,6 +289,22 @@ class CNF(FlowModel):
         self.last_regularizers = (float(kin.detach().mean()), float(frob.detach().mean()))
         return -log_p.mean() + self.kinetic * kin.mean() + self.jacobian * frob.mean()
 
+    def log_prob_at(self, x: Tensor, t: float) -> Tensor:
+        """``x: [B, D] -> log p_t(x): [B]``, the density the flow has made by time ``t``.
+
+        ``p_t`` is the base pushed along the ODE from 0 to ``t`` (``p_0`` is the base,
+        ``p_T`` the model): integrate ``x`` back from ``t`` to 0 and add the integral of the
+        divergence, as ``log_prob`` does from ``T``.
+        """
+        if not 0.0 <= t <= self.cflow.T:
+            raise ValueError(f"CNF.log_prob_at: t must be in [0, T] = [0, {self.cflow.T}], "
+                             f"got {t}.")
+        x = self.flow._validate(x, "log_prob_at", "x")
+        if t == 0.0:
+            return self.base.log_prob(x)  # type: ignore[operator]
+        z, logdet, _, _ = self.cflow.integrate(x, float(t), 0.0)
+        return self.base.log_prob(z) + logdet  # type: ignore[operator]
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` samples ``[n, D]`` (noise -> data; no divergence is computed)."""
         n = check_count(n, "CNF.sample(n)")
