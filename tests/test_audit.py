@@ -116,8 +116,8 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
     3: {audit.CH8: {"ood_accuracy": 0.9623, "ood_accuracy_lo": 0.9587,
                     "ood_accuracy_hi": 0.966, "ood_auroc": 0.993, "ood_small_acc": 0.8333,
                     "ood_big_acc": 0.966, "ood_n_in": 5000, "ood_n_out": 5000}},
-    4: {audit.CH2: {"ms_per_100": 2.58}, audit.CH3: {"glow2d_ms": 5.02},
-        audit.CH4: {"speed_d5_ms": 27.2}},
+    4: {audit.CH2: {"ms_per_100": 2.47}, audit.CH3: {"glow2d_ms": 5.79},
+        audit.CH4: {"speed_d5_ms": 26.3}},
     5: {audit.CH3: {"claim5_flops": 614656, "claim5_ratio": 57831.0, "claim5_dense_ms": 141.9,
                     "claim5_coupling_us": 2.45}},
     6: {audit.CH4: {"hut_trace": -1.5083, "hut_rademacher_mean": -1.5063,
@@ -141,7 +141,7 @@ EVIDENCE: dict[int, dict[str, dict[str, object]]] = {
 }
 
 #: The verdict on EVIDENCE with the lecture's numbers (as on the book's real records).
-BASELINE = {1: "refuted", 2: "refuted", 3: "holds only if", 4: "confirmed",
+BASELINE = {1: "refuted", 2: "refuted", 3: "holds only if", 4: "holds only if",
             5: "holds only if", 6: "holds only if", 7: "confirmed", 8: "holds only if",
             9: "correct to one digit", 10: "refuted", 11: "holds only if"}
 
@@ -165,7 +165,9 @@ MUTATIONS: dict[int, list[Mutation]] = {
                     "ood_big_acc": 0.99}, {"acc_lo": 0.985, "acc_hi": 0.99}, "refuted")],
     # timings depend on the machine: the records' are within 2x of the lecture's, and a
     # faster machine (this morning's, 1.08 / 3.04 / 21.96 ms) makes them upper bounds only
-    4: [("evidence", {"ms_per_100": 1.08, "glow2d_ms": 3.04, "speed_d5_ms": 21.96}, {},
+    # RealNVP at 2.47 ms is just over 2x faster than the stated 5 ms: not "about" it
+    4: [("evidence", {"ms_per_100": 3.0}, {}, "confirmed"),
+        ("evidence", {"ms_per_100": 1.08, "glow2d_ms": 3.04, "speed_d5_ms": 21.96}, {},
          "holds only if"),
         ("evidence", {"glow2d_ms": 30.0}, {}, "refuted"),       # Glow slower than FFJORD
         ("stated", {}, {"RealNVP": 8, "Glow": 12, "FFJORD": 60}, "holds only if"),
