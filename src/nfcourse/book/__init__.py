@@ -59,8 +59,9 @@ def banner(profile: Profile) -> str:
     """One line, for the top of a page: which profile, device and versions produced it."""
     import nfcourse
 
+    threads = torch.get_num_threads()
     device = (torch.cuda.get_device_name(0) if profile.device.type == "cuda"
-              else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+              else f"CPU ({platform.machine()}, {threads} thread{'s' if threads != 1 else ''})")
     date = _dt.date.today().isoformat()
     return (f"Executed with profile **{profile.name}** ({profile.reason}) on {device}, "
             f"{date}; nfcourse {nfcourse.__version__}, torch {torch.__version__}, "

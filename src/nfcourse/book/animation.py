@@ -60,6 +60,7 @@ class Panel:
         contour: ``[ny, nx]`` a fixed log-density over ``box`` drawn as contour lines (the
             target a cloud of points moves towards).
         colors: ``[N]`` a value per point, kept across frames so points can be followed.
+        color: the one colour of every point when ``colors`` is not given.
     """
 
     title: str
@@ -67,6 +68,7 @@ class Panel:
     log_density: Tensor | np.ndarray | None = None
     contour: Tensor | np.ndarray | None = None
     colors: Tensor | np.ndarray | None = None
+    color: str = "tab:orange"
 
     def frames(self) -> int | None:
         """The number of frames this panel has, ``None`` when it does not move."""
@@ -277,7 +279,7 @@ def _draw_panel(ax, panel: Panel, box: Box, scale: tuple[float, float] | None):
     if points is not None:
         colors = _array(panel.colors)
         dots = ax.scatter(points[0, :, 0], points[0, :, 1], s=3, linewidths=0,
-                          c=colors if colors is not None else "tab:orange",
+                          c=colors if colors is not None else panel.color,
                           cmap="twilight" if colors is not None else None,
                           alpha=0.8 if image is None else 0.9)
 
